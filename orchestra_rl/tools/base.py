@@ -1,0 +1,79 @@
+"""The one tool protocol, the registry of tool kinds, and pricing.
+
+A tool has an OpenAI function schema and an async `call(arguments) -> ToolResult`. Tools are declared in
+`conf/tools/*.yaml` by *kind* (python, search, llm, answer), so a new tool of a known kind — another expert
+model behind an OpenAI-compatible endpoint, say — is added by config alone.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from orchestra_rl.types import ToolResult
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """Dollar prices: per million input/output tokens, plus a flat price per call."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    per_call: float = 0.0
+
+    def cost(self, tokens_in: int = 0, tokens_out: int = 0) -> float:
+        return (tokens_in * self.input_per_mtok + tokens_out * self.output_per_mtok) / 1e6 + self.per_call
+
+
+class Tool(abc.ABC):
+    """Base of every tool. Subclasses set `parameters` (JSON schema) and implement `run`."""
+
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+
+    def __init__(self, name: str, description: str, pricing: Pricing = Pricing()):
+        self.name = name
+        self.description = description
+        self.pricing = pricing
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI function-calling schema shown to the orchestrator."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+    def argument_error(self, arguments: Any) -> str | None:
+        """A message the policy can learn from when `arguments` do not fit the schema, else None."""
+        try:
+            jsonschema.validate(arguments, self.parameters)
+        except jsonschema.ValidationError as e:
+            where = "/".join(str(p) for p in e.absolute_path) or "arguments"
+            return f"invalid arguments for tool '{self.name}' at {where}: {e.message}"
+        return None
+
+    async def call(self, arguments: dict[str, Any]) -> ToolResult:
+        error = self.argument_error(arguments)
+        if error:
+            return ToolResult(text=f"Error: {error}", error=error)
+        return await self.run(arguments)
+
+    @abc.abstractmethod
+    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+        """Execute a call whose arguments already match `parameters`."""
+
+    async def close(self) -> None:
+        """Release clients/processes; most tools hold none."""
+
+
+# Each tool module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`; orchestra_rl.tools.registry maps kinds to them.
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What tool constructors may need beyond their own ToolConfig."""
+
+    world_dir: str = ""  # the built task world (corpus.jsonl for search)
+    experts_base_url: str = ""  # where base_url "experts" points, e.g. http://127.0.0.1:8765/v1

@@ -1,0 +1,122 @@
+"""The records that flow through the system: task -> rollout -> (reward -> learner).
+
+One `Trajectory` per rollout carries everything a later stage needs: the exact token ids the policy sampled,
+their sampling logprobs, a loss mask (1 on policy tokens, 0 on prompt/tool tokens), every tool call with its
+price and latency, and the final answer. No later stage ever calls back into an earlier one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Task:
+    """One verifiable task of the task world."""
+
+    task_id: str
+    family: str  # arithmetic | lookup | multihop | hard (toolscale-mini), or any dataset-defined family
+    question: str
+    answer: str
+    # Per-task user preference: weights for "cost", "latency" and any tool name (see DESIGN.md §2).
+    preference: dict[str, float] = field(default_factory=dict)
+    preference_text: str = ""  # the same preference in words, shown to the orchestrator
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Task":
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
+
+
+@dataclass
+class ToolCall:
+    """A tool call as parsed from the orchestrator's output (name/arguments may be invalid: see `error`)."""
+
+    name: str
+    arguments: dict[str, Any]
+    raw: str = ""  # the text between <tool_call> and </tool_call>
+
+
+@dataclass
+class ToolResult:
+    """What a tool returns. `error` is set when the call failed; `text` is then what the policy is shown."""
+
+    text: str
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+
+
+@dataclass
+class ToolCallRecord:
+    """A tool call made during a rollout, with its outcome; kept on the trajectory for reward and logging."""
+
+    turn: int
+    name: str
+    arguments: dict[str, Any]
+    result: ToolResult
+
+
+@dataclass
+class Turn:
+    """One orchestrator turn: the tokens it sampled and the tool calls they contained."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str  # "tool_call" | "stop" | "length"
+    calls: list[ToolCallRecord] = field(default_factory=list)
+    parse_error: str | None = None
+
+
+@dataclass
+class Trajectory:
+    task_id: str
+    family: str
+    group_index: int  # index of this rollout within the task's group of n
+    token_ids: list[int]  # prompt + every appended segment, exactly as the policy saw them
+    logprobs: list[float]  # sampling logprob of each token; 0.0 where loss_mask == 0
+    loss_mask: list[int]  # 1 on tokens the policy sampled, 0 on prompt / template / tool-response tokens
+    prompt_length: int
+    turns: list[Turn]
+    final_answer: str | None
+    stop_reason: str  # "answer" | "max_turns" | "token_budget" | "eos_without_answer"
+    policy_tokens_in: int = 0  # tokens the orchestrator read across its turns (for pricing its own calls)
+    policy_cost_usd: float = 0.0
+    wall_time_s: float = 0.0
+
+    @property
+    def tool_calls(self) -> list[ToolCallRecord]:
+        return [c for t in self.turns for c in t.calls]
+
+    @property
+    def tool_cost_usd(self) -> float:
+        return sum(c.result.cost_usd for c in self.tool_calls)
+
+    @property
+    def cost_usd(self) -> float:
+        """Complete dollar cost: every tool/expert call plus the orchestrator's own tokens."""
+        return self.tool_cost_usd + self.policy_cost_usd
+
+    @property
+    def latency_s(self) -> float:
+        """Wall time spent in tool calls (calls of one turn run concurrently: the slowest counts)."""
+        per_turn: dict[int, float] = {}
+        for c in self.tool_calls:
+            per_turn[c.turn] = max(per_turn.get(c.turn, 0.0), c.result.latency_s)
+        return sum(per_turn.values())
+
+    @property
+    def num_policy_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def tool_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.tool_calls:
+            counts[c.name] = counts.get(c.name, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

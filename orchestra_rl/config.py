@@ -79,6 +79,9 @@ class RolloutConfig:
     # (up to max_calls_per_turn) can run concurrently.
     stop_at_tool_call: bool = True
     max_calls_per_turn: int = 1
+    # Constrain every turn to one well-formed tool call (vLLM structured outputs). For benchmarks and smoke
+    # tests of an untrained policy; never for training (it changes the sampling distribution).
+    constrain_tool_calls: bool = False
     system_prompt: str = (
         "You are an orchestrator. Solve the user's task by calling tools. Call exactly one tool per turn inside "
         "<tool_call></tool_call> as JSON with keys name and arguments. Finish by calling the answer tool."
@@ -296,7 +299,7 @@ def describe_error(exc: BaseException) -> str | None:
             return f"config error: {key}: {msg}" if key else f"config error: {msg}"
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     if isinstance(exc, HydraException):
-        return "config error: " + " ".join(str(exc).split())
+        return "config error: " + " ".join(str(exc).split(" Config search path")[0].split())
     return None
 
 

@@ -1,0 +1,54 @@
+"""`orchestra-rl eval`: run a policy over a task split through the full actor system and report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from orchestra_rl.config import Config, as_plain
+from orchestra_rl.data.world import is_correct, load_tasks
+from orchestra_rl.eval.report import print_summary, summarize
+from orchestra_rl.runtime import Runtime
+from orchestra_rl.types import Trajectory
+
+
+def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, seed: int,
+             desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
+    """Roll out the split's tasks with the runtime's current policy; returns (summary, trajectories)."""
+    tasks = load_tasks(runtime.world_dir, split)
+    tasks = tasks[:max_tasks] if max_tasks else tasks
+    gold = {t.task_id: t.answer for t in tasks}
+    correct = 0
+    with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:
+        def on_done(group: list[Trajectory]) -> None:
+            nonlocal correct
+            correct += sum(is_correct(t.final_answer, gold[t.task_id]) for t in group)
+            bar.update(len(group))
+            bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
+
+        trajectories = runtime.rollout(tasks, group_size, seed=seed, on_done=on_done)
+    return summarize(trajectories, tasks), trajectories
+
+
+def run_eval(cfg: Config) -> dict[str, Any]:
+    start = time.perf_counter()
+    with Runtime(cfg) as runtime:
+        summary, trajectories = evaluate(runtime, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size, cfg.seed)
+        model_path = runtime.model_path
+    wall = time.perf_counter() - start
+    out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"model_path": model_path, "split": cfg.eval.split, "wall_time_s": wall, **summary,
+              "config": as_plain(cfg)}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    with open(out_dir / "trajectories.jsonl", "w") as f:
+        for t in trajectories:
+            f.write(json.dumps(t.to_dict()) + "\n")
+    print_summary(summary, title=f"eval of {model_path} on {cfg.eval.split} ({wall:.0f} s)")
+    print(f"report: {out_dir / 'report.json'}")
+    report["output_dir"] = str(out_dir)
+    return report

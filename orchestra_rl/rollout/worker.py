@@ -1,0 +1,61 @@
+"""RolloutWorker: a Ray actor that owns one vLLM engine and runs many agent loops on it concurrently."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from orchestra_rl.config import Config
+from orchestra_rl.rollout.agent_loop import AgentLoop
+from orchestra_rl.rollout.chat import ChatFormat
+from orchestra_rl.rollout.engine import PolicyEngine
+from orchestra_rl.rollout.parser import tool_call_regex
+from orchestra_rl.tools.base import Pricing
+from orchestra_rl.tools.executor import ToolPool
+from orchestra_rl.types import Task, Trajectory
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, model_path: str, executors: list, tool_schemas: list[dict],
+                 final_tools: list[str]):
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.engine = PolicyEngine(model_path, cfg.rollout.engine, cfg.model.dtype)
+        chat = ChatFormat(AutoTokenizer.from_pretrained(model_path), cfg.rollout.system_prompt, tool_schemas)
+        self.loop = AgentLoop(
+            self.engine, ToolPool(executors).call, chat, cfg.rollout,
+            Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok), set(final_tools),
+            guided_regex=tool_call_regex(tool_schemas) if cfg.rollout.constrain_tool_calls else None,
+        )
+
+    def ready(self) -> bool:
+        return True
+
+    async def rollout(self, tasks: list[Task], group_indices: list[int], seed: int,
+                      lockstep: bool | None = None) -> list[Trajectory]:
+        """One trajectory per (task, group index); all run concurrently on this worker's engine."""
+        if lockstep is None:
+            lockstep = self.cfg.rollout.mode == "lockstep"
+        return await self.loop.run_batch(tasks, group_indices, seed=seed, lockstep=lockstep)
+
+    async def load_weights(self, path: str) -> dict[str, float]:
+        start = time.perf_counter()
+        n = await self.engine.load_weights(path)
+        return {"tensors": n, "seconds": time.perf_counter() - start}
+
+    async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
+        return await self.engine.prompt_logprobs(token_ids)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def make_rollout_worker(cfg: Config, model_path: str, executors: list, tool_schemas: list[dict],
+                        final_tools: list[str]) -> ray.actor.ActorHandle:
+    r = cfg.rollout
+    # max_concurrency: every trajectory group of a batch is an in-flight call on this async actor.
+    return ray.remote(RolloutWorker).options(
+        num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker, max_concurrency=10_000,
+    ).remote(cfg, model_path, executors, tool_schemas, final_tools)

@@ -1,0 +1,131 @@
+"""Shared fixtures: a local Ray instance, and a stand-in for a remote paid OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pytest
+import ray
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A Ray instance of this test session only ("local": never attach to someone else's cluster)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@dataclass
+class OpenAIStub:
+    """Knobs and observations of the stub API. Handlers run on the server's thread; fields are plain values."""
+
+    base_url: str = ""
+    answer: str = "42"
+    prompt_tokens: int = 1000
+    completion_tokens: int = 500
+    fail_first: int = 0  # the first k calls answer `fail_status`
+    fail_status: int = 503
+    always_status: int | None = None  # every call answers this status (e.g. 400)
+    delay_s: float = 0.0  # sleep before answering (longer than a client timeout simulates a hung server)
+    empty_choices: bool = False  # a malformed 200 response with no choices
+    calls: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)  # request bodies
+    api_keys: list[str] = field(default_factory=list)  # the bearer token of each request
+
+
+def make_stub_app(stub: OpenAIStub) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> JSONResponse:
+        body = await request.json()
+        stub.calls += 1
+        stub.requests.append(body)
+        stub.api_keys.append(request.headers.get("authorization", "").removeprefix("Bearer "))
+        call = stub.calls
+        stub.in_flight += 1
+        stub.peak_in_flight = max(stub.peak_in_flight, stub.in_flight)
+        try:
+            await asyncio.sleep(stub.delay_s)
+        finally:
+            stub.in_flight -= 1
+        status = stub.always_status or (stub.fail_status if call <= stub.fail_first else 200)
+        if status != 200:
+            return JSONResponse({"error": {"message": f"stub status {status}", "type": "stub"}}, status_code=status)
+        choices = [] if stub.empty_choices else [
+            {"index": 0, "message": {"role": "assistant", "content": stub.answer}, "finish_reason": "stop"}
+        ]
+        return JSONResponse({
+            "id": f"chatcmpl-{call}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": stub.prompt_tokens,
+                "completion_tokens": stub.completion_tokens,
+                "total_tokens": stub.prompt_tokens + stub.completion_tokens,
+            },
+        })
+
+    return app
+
+
+@pytest.fixture
+def openai_stub_server() -> Iterator[OpenAIStub]:
+    """An OpenAI-compatible server on 127.0.0.1 (a fresh one per test), simulating a remote paid API."""
+    stub = OpenAIStub()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; the server takes over the bound socket
+    stub.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    config = uvicorn.Config(make_stub_app(stub), log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "stub OpenAI server did not start"
+        time.sleep(0.01)
+    yield stub
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Where this test session builds its tiny model and task worlds (never the user's cache)."""
+    return str(tmp_path_factory.mktemp("orchestra-cache"))
+
+
+@pytest.fixture(scope="session")
+def make_config(cache_dir: str):
+    """Compose the real conf/ with test-sized overrides: make_config("rollout.max_turns=3", ...)."""
+    from orchestra_rl.config import load_config
+
+    def make(*overrides: str):
+        return load_config([f"model.cache_dir={cache_dir}/models", f"data.cache_dir={cache_dir}/worlds",
+                            "data.tasks_per_family=8", *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(make_config) -> str:
+    from orchestra_rl.models.tiny import resolve_model_path
+
+    return resolve_model_path(make_config().model)

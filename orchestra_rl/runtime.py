@@ -24,7 +24,7 @@ from orchestra_rl.types import Task, Trajectory
 log = logging.getLogger(__name__)
 
 # Actors inherit these: keep vLLM's per-request logging out of the driver's console.
-ACTOR_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+ACTOR_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 
 
 def init_ray(cfg: Config) -> bool:
@@ -33,12 +33,15 @@ def init_ray(cfg: Config) -> bool:
         return False
     c = cfg.cluster
     if c.address:
-        ray.init(address=c.address, namespace=c.namespace, runtime_env={"env_vars": ACTOR_ENV})
+        ray.init(address=c.address, namespace=c.namespace, runtime_env={"env_vars": ACTOR_ENV},
+                 log_to_driver=c.log_to_driver)
         return True
     # Locally, actors are mostly waiting on I/O or each other: schedule by logical CPUs, at least 4.
     num_cpus = c.num_cpus if c.num_cpus is not None else max(4, os.cpu_count() or 1)
+    # Actor output goes to Ray's session logs (/tmp/ray/session_latest/logs), not over the progress bar;
+    # actor errors still reach the driver as exceptions.
     ray.init(num_cpus=num_cpus, num_gpus=c.num_gpus, namespace=c.namespace, include_dashboard=False,
-             runtime_env={"env_vars": ACTOR_ENV}, logging_level=logging.WARNING)
+             runtime_env={"env_vars": ACTOR_ENV}, logging_level=logging.WARNING, log_to_driver=c.log_to_driver)
     return True
 
 
@@ -70,33 +73,51 @@ class Runtime:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def rollout(self, tasks: list[Task], group_size: int, seed: int, lockstep: bool | None = None,
+    def rollout(self, tasks: list[Task], group_size: int, lockstep: bool | None = None, max_in_flight: int = 0,
                 on_done: Callable[[list[Trajectory]], None] | None = None) -> list[Trajectory]:
         """group_size trajectories per task, spread over the workers; returned grouped in task order.
 
-        Async mode sends one call per task group (fine-grained progress through `on_done`). Lockstep sends one
-        call per worker, so its turn barrier spans the worker's whole batch, as in the reference implementation.
+        Async: task groups stream through the workers, at most `max_in_flight` trajectories at once (0: all), a
+        new group starting as soon as one finishes. Lockstep: waves of `max_in_flight` trajectories, each wave
+        one call per worker whose turn barrier spans the wave, as in the reference implementation.
+        `on_done` sees each finished chunk (progress bars, streaming metrics).
         """
         if lockstep is None:
             lockstep = self.cfg.rollout.mode == "lockstep"
         items = [(task, g) for task in tasks for g in range(group_size)]
-        n = len(self.workers)
-        chunks = ([items[i * group_size:(i + 1) * group_size] for i in range(len(tasks))] if not lockstep
-                  else [items[w::n] for w in range(n)])
-        pending = {}
-        for c, chunk in enumerate(chunks):
-            if chunk:
-                ref = self.workers[c % n].rollout.remote([t for t, _ in chunk], [g for _, g in chunk],
-                                                         seed + c * len(chunk), lockstep)
-                pending[ref] = c
+        cap = max_in_flight or len(items)
         finished: list[Trajectory] = []
-        refs = list(pending)
-        while refs:
-            done, refs = ray.wait(refs, num_returns=1)
+        pending: dict[ray.ObjectRef, int] = {}  # call -> trajectories in it
+
+        def submit(chunk: list[tuple[Task, int]], worker: int) -> None:
+            ref = self.workers[worker].rollout.remote([t for t, _ in chunk], [g for _, g in chunk], lockstep)
+            pending[ref] = len(chunk)
+
+        def collect_one() -> None:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            del pending[done[0]]
             trajectories = ray.get(done[0])
-            finished += trajectories
+            finished.extend(trajectories)
             if on_done:
                 on_done(trajectories)
+
+        n = len(self.workers)
+        if lockstep:
+            for start in range(0, len(items), cap):
+                wave = items[start:start + cap]
+                for w in range(n):
+                    if wave[w::n]:
+                        submit(wave[w::n], w)
+                while pending:
+                    collect_one()
+        else:
+            groups = [items[i:i + group_size] for i in range(0, len(items), group_size)]
+            for i, group in enumerate(groups):
+                while pending and sum(pending.values()) + len(group) > cap:
+                    collect_one()
+                submit(group, i % n)
+            while pending:
+                collect_one()
         order = {(t.task_id, g): i for i, (t, g) in enumerate(items)}
         return sorted(finished, key=lambda tr: order[(tr.task_id, tr.group_index)])
 

@@ -33,17 +33,18 @@ def bench_config(cfg: Config) -> Config:
     b.rollout.constrained_tools = experts
     b.rollout.max_turns = cfg.bench.turns
     b.rollout.max_tokens_per_turn = cfg.bench.tokens_per_turn
-    for name in experts:  # the per-tool bound must not be what limits the async loop
-        b.tools.tools[name].max_concurrency = max(b.tools.tools[name].max_concurrency, cfg.bench.num_trajectories)
+    for name in experts:  # neither the per-tool bound nor a timeout may shape the latency distribution
+        b.tools.tools[name].max_concurrency = max(b.tools.tools[name].max_concurrency, cfg.bench.concurrency)
+        b.tools.tools[name].timeout_s = max(b.tools.tools[name].timeout_s, 300.0)
     for e in b.data.experts.values():
         e.latency_mean_s, e.latency_sigma = cfg.bench.latency_mean_s, cfg.bench.latency_sigma
     b.serve.latency_scale = 1.0
     return validate(b)
 
 
-def _measure(runtime: Runtime, tasks, lockstep: bool, seed: int) -> dict[str, float]:
+def _measure(runtime: Runtime, tasks, lockstep: bool, concurrency: int) -> dict[str, float]:
     start = time.perf_counter()
-    trajectories = runtime.rollout(tasks, group_size=1, seed=seed, lockstep=lockstep)
+    trajectories = runtime.rollout(tasks, group_size=1, lockstep=lockstep, max_in_flight=concurrency)
     wall = time.perf_counter() - start
     tool_latency = [c.result.latency_s for t in trajectories for c in t.tool_calls]
     return {
@@ -60,29 +61,30 @@ def run_rollout_bench(cfg: Config) -> dict[str, Any]:
     b = bench_config(cfg)
     with Runtime(b) as runtime:
         tasks = load_tasks(runtime.world_dir, "train")[: b.bench.num_trajectories]
-        runtime.rollout(tasks[:4], group_size=1, seed=0)  # warm-up: engine compile paths, connections
+        c = b.bench.concurrency
+        runtime.rollout(tasks[:4], group_size=1)  # warm-up: engine compile paths, connections
         results = {
-            "async": _measure(runtime, tasks, lockstep=False, seed=1),
-            "lockstep": _measure(runtime, tasks, lockstep=True, seed=1),
+            "async": _measure(runtime, tasks, lockstep=False, concurrency=c),
+            "lockstep": _measure(runtime, tasks, lockstep=True, concurrency=c),
         }
         stop_experts()
         b0 = copy.deepcopy(b)
         b0.serve.latency_scale = 0.0
         start_experts(b0, runtime.world_dir)
-        results["no_latency_bound"] = _measure(runtime, tasks, lockstep=False, seed=1)
+        results["no_latency_bound"] = _measure(runtime, tasks, lockstep=False, concurrency=c)
     ratio = results["async"]["trajectories_per_s"] / results["lockstep"]["trajectories_per_s"]
     report = {"runs": results, "async_over_lockstep": ratio,
-              "workload": {"trajectories": len(tasks), "turns": b.bench.turns,
+              "workload": {"trajectories": len(tasks), "concurrency": c, "turns": b.bench.turns,
                            "tokens_per_turn": b.bench.tokens_per_turn, "latency_mean_s": b.bench.latency_mean_s,
                            "latency_sigma": b.bench.latency_sigma, "engine_device": b.rollout.engine.device}}
-    table = Table(title=f"rollout bench: {len(tasks)} trajectories x {b.bench.turns} expert calls, "
+    table = Table(title=f"rollout bench: {len(tasks)} trajectories ({c} in flight) x {b.bench.turns} expert calls, "
                         f"lognormal latency mean {b.bench.latency_mean_s}s sigma {b.bench.latency_sigma}")
     for col in ("mode", "wall s", "trajectories/s", "policy tokens/s", "tool calls", "mean tool s", "max tool s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode, r in results.items():
         table.add_row(mode, f"{r['wall_s']:.1f}", f"{r['trajectories_per_s']:.2f}", f"{r['policy_tokens_per_s']:.0f}",
                       str(r["tool_calls"]), f"{r['tool_latency_mean_s']:.2f}", f"{r['tool_latency_max_s']:.2f}")
-    console = Console()
+    console = Console(width=160)
     console.print(table)
     console.print(f"async / lockstep throughput: {ratio:.2f}x")
     out = Path(cfg.bench.output_dir)

@@ -56,4 +56,4 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
         table.add_row(name, str(s["trajectories"]), f"{s['accuracy']:.3f}", f"{s['cost_usd']:.6f}",
                       f"{s['latency_s']:.2f}", f"{s['turns']:.1f}", _mix(s["tool_calls_per_trajectory"]),
                       str(s["parse_errors"]), str(s["tool_errors"]))
-    (console or Console()).print(table)
+    (console or Console(width=160)).print(table)

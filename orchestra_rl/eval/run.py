@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ from orchestra_rl.runtime import Runtime
 from orchestra_rl.types import Trajectory
 
 
-def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, seed: int,
-             desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
+def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
     """Roll out the split's tasks with the runtime's current policy; returns (summary, trajectories)."""
     tasks = load_tasks(runtime.world_dir, split)
-    tasks = tasks[:max_tasks] if max_tasks else tasks
+    if max_tasks:  # a subset with every family represented: round-robin over families
+        by_family: dict[str, list] = {}
+        for t in tasks:
+            by_family.setdefault(t.family, []).append(t)
+        tasks = [t for group in zip_longest(*by_family.values()) for t in group if t is not None][:max_tasks]
     gold = {t.task_id: t.answer for t in tasks}
     correct = 0
     with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:
@@ -30,14 +34,14 @@ def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, seed
             bar.update(len(group))
             bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
 
-        trajectories = runtime.rollout(tasks, group_size, seed=seed, on_done=on_done)
+        trajectories = runtime.rollout(tasks, group_size, on_done=on_done)
     return summarize(trajectories, tasks), trajectories
 
 
 def run_eval(cfg: Config) -> dict[str, Any]:
     start = time.perf_counter()
     with Runtime(cfg) as runtime:
-        summary, trajectories = evaluate(runtime, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size, cfg.seed)
+        summary, trajectories = evaluate(runtime, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size)
         model_path = runtime.model_path
     wall = time.perf_counter() - start
     out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")

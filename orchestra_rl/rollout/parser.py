@@ -64,7 +64,7 @@ def parse_tool_calls(text: str, max_calls: int = 1) -> ParsedTurn:
     return ParsedTurn(calls=calls)
 
 
-def tool_call_regex(tool_schemas: list[dict], max_chars: int = 40) -> str:
+def tool_call_regex(tool_schemas: list[dict], max_chars: int = 32) -> str:
     """A regex that only admits one well-formed call of one of these tools (string arguments only).
 
     Used with vLLM structured outputs to make an untrained policy call tools (benchmarks, smoke tests).
@@ -73,6 +73,8 @@ def tool_call_regex(tool_schemas: list[dict], max_chars: int = 40) -> str:
     for schema in tool_schemas:
         fn = schema["function"]
         params = fn.get("parameters", {})
-        args = ", ".join(f'"{re.escape(p)}": "[^"\\\\\\n<>]{{1,{max_chars}}}"' for p in params.get("required", []))
+        # Plain ASCII argument text: any character would let an untrained policy spend its budget on multi-byte
+        # tokens.
+        args = ", ".join(f'"{re.escape(p)}": "[a-zA-Z0-9 .,?+*/()-]{{1,{max_chars}}}"' for p in params.get("required", []))
         alternatives.append(r'\{"name": "' + re.escape(fn["name"]) + r'", "arguments": \{' + args + r"\}\}")
     return re.escape(OPEN) + r"\n(" + "|".join(alternatives) + r")\n" + re.escape(CLOSE)

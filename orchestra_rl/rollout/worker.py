@@ -35,12 +35,11 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
-    async def rollout(self, tasks: list[Task], group_indices: list[int], seed: int,
-                      lockstep: bool | None = None) -> list[Trajectory]:
+    async def rollout(self, tasks: list[Task], group_indices: list[int], lockstep: bool | None = None) -> list[Trajectory]:
         """One trajectory per (task, group index); all run concurrently on this worker's engine."""
         if lockstep is None:
             lockstep = self.cfg.rollout.mode == "lockstep"
-        return await self.loop.run_batch(tasks, group_indices, seed=seed, lockstep=lockstep)
+        return await self.loop.run_batch(tasks, group_indices, lockstep=lockstep)
 
     async def load_weights(self, path: str) -> dict[str, float]:
         start = time.perf_counter()

@@ -1,6 +1,5 @@
 import asyncio
 import re
-import socket
 from collections import Counter
 
 import openai
@@ -11,15 +10,10 @@ from openai import AsyncOpenAI, OpenAI
 from orchestra_rl.config import Config, DataConfig, ExpertModelConfig, ServeConfig
 from orchestra_rl.data.world import build_world, load_tasks
 from orchestra_rl.serve.experts import DONT_KNOW, start_experts, stop_experts
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 FAMILIES = ("arithmetic", "lookup", "multihop", "hard")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expert(accuracy: float, output_tokens: int = 40) -> ExpertModelConfig:
@@ -37,7 +31,7 @@ def world_dir(tmp_path_factory):
 def base_url(ray_local, world_dir):
     cfg = Config(data=DataConfig(experts={"oracle": _expert(1.0, output_tokens=100), "broken": _expert(0.0),
                                           "coin": _expert(0.5)}),
-                 serve=ServeConfig(port=_free_port(), latency_scale=0.01))
+                 serve=ServeConfig(port=free_port(), latency_scale=0.01))
     assert ray.is_initialized()  # start_experts runs on the caller's Ray
     try:
         yield start_experts(cfg, world_dir)

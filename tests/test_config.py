@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from orchestra_rl.config import ConfigError, describe_error, load_config
+
+
+def error_line(*overrides: str) -> str:
+    with pytest.raises(Exception) as info:
+        load_config(list(overrides))
+    line = describe_error(info.value)
+    assert line is not None and "\n" not in line
+    return line
+
+
+def test_default_config_is_valid():
+    cfg = load_config()
+    assert cfg.model.name == "tiny" and cfg.rollout.mode == "async"
+    assert {"python", "search", "math_expert", "small_generalist", "large_generalist", "answer"} <= set(cfg.tools.tools)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("rollout.max_turns=-1", "config error: rollout.max_turns: must be > 0, got -1"),
+    ("rollout.max_turnz=3", "config error: rollout.max_turnz: Key 'max_turnz' not in 'RolloutConfig'"),
+    ("rollout.max_turns=abc", "config error: rollout.max_turns: Value 'abc' of type 'str' could not be converted"),
+    ("rollout.mode=sideways", "config error: rollout.mode: must be async or lockstep, got 'sideways'"),
+    ("tools.tools.large_generalist.price_in_per_mtok=null",
+     "config error: tools.tools.large_generalist.price_in_per_mtok: price missing for model 'generalist-large'"),
+    ("tools.tools.search.kind=telepathy", "config error: tools.tools.search.kind: unknown kind 'telepathy'"),
+    ("rollout.constrained_tools=[serch]", "config error: rollout.constrained_tools: no enabled tool named 'serch'"),
+    ("tools.tools.answer.enabled=false", "config error: tools.tools: an enabled tool named 'answer' is required"),
+    ("tools.tools.math_expert.model=nobody", "config error: tools.tools.math_expert.model: no simulated expert 'nobody'"),
+    ("data.experts.math-small.accuracy.arithmetic=1.5",
+     "config error: data.experts.math-small.accuracy.arithmetic: must be in [0, 1], got 1.5"),
+    ("rollout.max_total_tokens=99999", "config error: rollout.max_total_tokens: 99999 exceeds rollout.engine.max_model_len"),
+    ("model=nope", "config error: In 'config': Could not find 'model/nope'"),
+])
+def test_bad_config_is_one_line_naming_the_key(override, expected):
+    assert error_line(override).startswith(expected)
+
+
+def test_config_error_carries_key_and_problem():
+    err = ConfigError("a.b", "must be > 0")
+    assert (err.key, err.problem, str(err)) == ("a.b", "must be > 0", "a.b: must be > 0")
+
+
+def test_cli_prints_one_line_and_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "orchestra_rl.cli", "eval", "rollout.max_turns=-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "config error: rollout.max_turns: must be > 0, got -1"
+    assert "Traceback" not in proc.stderr + proc.stdout

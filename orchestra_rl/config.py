@@ -191,6 +191,86 @@ class BenchConfig:
 
 
 @dataclass
+class RewardConfig:
+    """DESIGN.md §2. group: R = o·(1 + P_cost·ĉ + P_lat·l̂ + Σ_t P_t·n̂_t) with group-normalised terms.
+    absolute: R = o − λ_c·C − λ_l·L (for PPO/critic runs)."""
+
+    mode: str = "group"  # group | absolute
+    cost_weight: float = 0.0  # P_cost
+    latency_weight: float = 0.0  # P_lat
+    tool_weights: dict[str, float] = field(default_factory=dict)  # P_t per tool name (+ more use, − less)
+    use_task_preference: bool = True  # a task's own preference vector overrides these weights key by key
+    lambda_cost: float = 0.0  # absolute mode: $ → reward
+    lambda_latency: float = 0.0  # absolute mode: s → reward
+    # Optional LLM judge (an OpenAI-compatible endpoint) for outcome; its own cost is added to the trajectory's.
+    judge_tool: str = ""  # name of an llm tool in tools.tools; empty: exact match after normalisation
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"  # grpo | ppo
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: int = 1  # passes over each rollout batch
+    micro_batch_tokens: int = 8192  # micro-batches are packed up to this many tokens
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float = 0.0  # c > 1 enables dual-clip for negative advantages; 0 disables
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_sum | seq_mean_token_mean
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = False  # False: KL as a loss term; True: subtracted from the reward (PPO)
+    entropy_coef: float = 0.0
+    grad_clip: float = 1.0
+    # GRPO
+    scale_by_std: bool = True
+    drop_degenerate_groups: bool = True  # groups whose rewards are all equal carry no signal
+    # PPO
+    gamma: float = 1.0
+    lam: float = 0.95
+    critic_lr: float = 1e-4
+    value_clip: float = 0.2
+
+
+@dataclass
+class LearnerConfig:
+    num_learners: int = 2  # one torch.distributed group (gloo on CPU, NCCL on GPU), FSDP2 over all
+    num_cpus_per_learner: float = 1.0
+    num_gpus_per_learner: float = 0.0
+    backend: str = "gloo"  # gloo | nccl
+    dtype: str = "float32"  # fp32 on CPU; bfloat16 on GPU
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass
+class SFTConfig:
+    """Warm start on scripted demonstrations (valid tool calls, varied tool choice), on Ray Train."""
+
+    enabled: bool = True
+    num_demos: int = 512
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 16
+    num_workers: int = 2
+    output_dir: str = "outputs/sft"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    tasks_per_step: int = 8  # × rollout.group_size trajectories per step
+    save_every: int = 10
+    eval_every: int = 0  # 0: evaluate only before and after training
+    eval_max_tasks: int = 32
+    resume: bool = False
+    output_dir: str = "outputs/train"
+    wandb_project: str = "orchestra_rl"
+    wandb_mode: str = ""  # online | offline | disabled; empty: offline unless WANDB_API_KEY is set
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -200,6 +280,11 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
 

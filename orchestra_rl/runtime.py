@@ -59,13 +59,19 @@ class Runtime:
             from orchestra_rl.serve.experts import start_experts
 
             self.experts_url = start_experts(cfg, self.world_dir)
-        ctx = ToolContext(world_dir=str(self.world_dir), experts_base_url=self.experts_url)
-        self.executors = [make_executor(cfg.tools, ctx) for _ in range(cfg.tools.num_executors)]
+        self.tool_context = ToolContext(world_dir=str(self.world_dir), experts_base_url=self.experts_url)
+        self.executors = [make_executor(cfg.tools, self.tool_context) for _ in range(cfg.tools.num_executors)]
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
         final_tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind == "answer"]
         self.workers = [make_rollout_worker(cfg, self.model_path, self.executors, self.tool_schemas, final_tools)
                         for _ in range(cfg.rollout.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])
+
+    @property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.model_path)
 
     def __enter__(self) -> "Runtime":
         return self

@@ -86,6 +86,9 @@ class Trajectory:
     policy_tokens_in: int = 0  # tokens the orchestrator read across its turns (for pricing its own calls)
     policy_cost_usd: float = 0.0
     wall_time_s: float = 0.0
+    # Filled by the reward actor: the scalar reward and every component of it (outcome, cost, latency, ...).
+    reward: float | None = None
+    reward_components: dict[str, float] = field(default_factory=dict)
 
     @property
     def tool_calls(self) -> list[ToolCallRecord]:
@@ -120,3 +123,14 @@ class Trajectory:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class TrainSample:
+    """What the learner trains on: one trajectory's tokens with its advantage (GRPO) or reward (PPO)."""
+
+    token_ids: list[int]
+    loss_mask: list[int]  # 1 on policy tokens
+    old_logprobs: list[float]  # behaviour (rollout) logprobs aligned with token_ids; 0 where loss_mask == 0
+    advantage: float = 0.0  # GRPO: the trajectory's advantage, broadcast over its policy tokens
+    reward: float = 0.0  # PPO: the scalar reward, placed on the last policy token for GAE

@@ -57,3 +57,17 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
                       f"{s['latency_s']:.2f}", f"{s['turns']:.1f}", _mix(s["tool_calls_per_trajectory"]),
                       str(s["parse_errors"]), str(s["tool_errors"]))
     (console or Console(width=160)).print(table)
+
+
+def print_comparison(before: dict[str, Any], after: dict[str, Any], console: Console | None = None) -> None:
+    """Before vs after training, per family: reward, accuracy, $ cost, latency and tool mix."""
+    table = Table(title="evaluation before → after training")
+    for col in ("family", "reward", "accuracy", "$ cost", "latency s", "tool calls / trajectory (after)"):
+        table.add_column(col, justify="left" if col in ("family", "tool calls / trajectory (after)") else "right")
+    rows = [(f, before["families"][f], after["families"][f]) for f in after["families"] if f in before["families"]]
+    rows.append(("all", before["overall"], after["overall"]))
+    for name, b, a in rows:
+        table.add_row(name, f"{b.get('reward', 0):.3f} → {a.get('reward', 0):.3f}",
+                      f"{b['accuracy']:.3f} → {a['accuracy']:.3f}", f"{b['cost_usd']:.6f} → {a['cost_usd']:.6f}",
+                      f"{b['latency_s']:.2f} → {a['latency_s']:.2f}", _mix(a["tool_calls_per_trajectory"]))
+    (console or Console(width=160)).print(table)

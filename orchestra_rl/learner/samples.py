@@ -1,0 +1,27 @@
+"""Scored trajectories → learner samples: GRPO advantages per group, or the raw reward for PPO's critic."""
+
+from __future__ import annotations
+
+import torch
+
+from orchestra_rl.config import AlgoConfig
+from orchestra_rl.learner.algorithms import degenerate_groups, grpo_advantages
+from orchestra_rl.types import TrainSample, Trajectory
+
+
+def make_train_samples(scored: list[Trajectory], algo: AlgoConfig) -> tuple[list[TrainSample], dict[str, float]]:
+    """Returns the samples and how many trajectories were dropped (groups with all-equal rewards carry no GRPO
+    signal: their advantages are all zero)."""
+    rewards = torch.tensor([t.reward for t in scored], dtype=torch.float64)
+    groups = [t.task_id for t in scored]
+    keep = list(range(len(scored)))
+    advantages = torch.zeros(len(scored), dtype=torch.float64)
+    if algo.name == "grpo":
+        if algo.drop_degenerate_groups:
+            flat = degenerate_groups(rewards, groups)
+            keep = [i for i in keep if groups[i] not in flat]
+        advantages = grpo_advantages(rewards, groups, scale_by_std=algo.scale_by_std)
+    samples = [TrainSample(token_ids=scored[i].token_ids, loss_mask=scored[i].loss_mask,
+                           old_logprobs=scored[i].logprobs, advantage=float(advantages[i]),
+                           reward=float(rewards[i])) for i in keep]
+    return samples, {"dropped_trajectories": float(len(scored) - len(keep))}

@@ -1,0 +1,38 @@
+"""Weights & Biases tracking: online with an API key, offline otherwise (the run folder's path is printed)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from orchestra_rl.config import Config, as_plain
+from orchestra_rl.types import Trajectory
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: str, resume_id: str | None = None):
+        import wandb
+
+        mode = cfg.train.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(project=cfg.train.wandb_project, mode=mode, dir=run_dir, config=as_plain(cfg),
+                              id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")
+        self.wandb = wandb
+        print(f"W&B run ({mode}): {self.run.dir if mode != 'disabled' else 'disabled'}")
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_trajectories(self, trajectories: list[Trajectory], step: int, tokenizer: Any, limit: int = 4) -> None:
+        """A table of sample trajectories: what the orchestrator said, the calls it made, and its reward."""
+        table = self.wandb.Table(columns=["task_id", "family", "reward", "answer", "tool_calls", "text"])
+        for t in trajectories[:limit]:
+            table.add_data(t.task_id, t.family, t.reward, t.final_answer, ", ".join(c.name for c in t.tool_calls),
+                           tokenizer.decode(t.token_ids[t.prompt_length:]))
+        self.run.log({"samples": table}, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()

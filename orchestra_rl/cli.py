@@ -20,11 +20,59 @@ def _config(overrides: list[str]) -> Config:
         sys.exit(2)
 
 
+def _multirun(command: str, overrides: list[str]) -> int:
+    """`orchestra-rl train -m reward.cost_weight=0,0.5,1 ...`: a Hydra sweep, one run per combination, each writing
+    into its own Hydra job folder (multirun/<date>/<time>/<n>/)."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from orchestra_rl.config import CONF_DIR, register_configs, to_config
+
+    register_configs()
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+    def job(composed) -> None:
+        cfg = to_config(composed)
+        out = HydraConfig.get().runtime.output_dir
+        cfg.train.output_dir, cfg.eval.output_dir, cfg.sft.output_dir = f"{out}/train", f"{out}/eval", f"{out}/sft"
+        _run(command, cfg)
+
+    sys.argv = ["orchestra-rl", "--multirun", *overrides]
+    job()
+    return 0
+
+
+def _run(command: str, cfg: Config) -> None:
+    if command == "config":
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    elif command == "train":
+        from orchestra_rl.trainer import train
+
+        train(cfg)
+    elif command == "sft":
+        from orchestra_rl.runtime import init_ray
+        from orchestra_rl.sft.train import run_sft
+
+        init_ray(cfg)
+        print(run_sft(cfg))
+    elif command == "eval":
+        from orchestra_rl.eval.run import run_eval
+
+        run_eval(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestra-rl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("eval", help="evaluate a policy over a task split through the actor system").add_argument(
-        "overrides", nargs="*")
+    for name, help_text in [("train", "SFT warm start, then RL (GRPO/PPO) through the actor system"),
+                            ("sft", "SFT on scripted demonstrations (Ray Train, FSDP2); writes an HF checkpoint"),
+                            ("eval", "evaluate a policy over a task split through the actor system"),
+                            ("config", "print the composed, validated config")]:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("-m", "--multirun", action="store_true", help="Hydra sweep: key=a,b,c runs each value")
+        command.add_argument("overrides", nargs="*")
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["rollout"])
     bench.add_argument("overrides", nargs="*")
@@ -33,22 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("overrides", nargs="*")
     sandbox = sub.add_parser("sandbox", help="run one Python snippet in the sandbox; prints the JSON result")
     sandbox.add_argument("-c", dest="code", required=True, help="the code to run")
-    sub.add_parser("config", help="print the composed, validated config").add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
     if args.command == "sandbox":
         from orchestra_rl.tools.sandbox import sandbox_main
 
         return sandbox_main(args.code)
+    if getattr(args, "multirun", False):
+        _config([o for o in args.overrides if "," not in o])  # a bad fixed override fails fast, in one line
+        return _multirun(args.command, args.overrides)
     cfg = _config(args.overrides)
-    if args.command == "config":
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    elif args.command == "eval":
-        from orchestra_rl.eval.run import run_eval
-
-        run_eval(cfg)
+    if args.command in ("train", "sft", "eval", "config"):
+        _run(args.command, cfg)
     elif args.command == "bench":
         from orchestra_rl.bench.rollout import run_rollout_bench
 

@@ -182,7 +182,7 @@ class EvalConfig:
 class BenchConfig:
     num_trajectories: int = 128
     concurrency: int = 32  # trajectories in flight at once (async: a stream; lockstep: waves of this size)
-    turns: int = 4  # expert calls per trajectory
+    turns: int = 6  # expert calls per trajectory
     tokens_per_turn: int = 96
     # Expert latency: lognormal, heavy-tailed at this sigma (as remote LLM calls are).
     latency_mean_s: float = 1.0
@@ -350,6 +350,35 @@ def validate(cfg: Config) -> Config:
         for fam, p in e.accuracy.items():
             _check(0 <= p <= 1, f"data.experts.{name}.accuracy.{fam}", f"must be in [0, 1], got {p}")
         _check(e.latency_mean_s >= 0, f"data.experts.{name}.latency_mean_s", "must be >= 0")
+    rw = cfg.reward
+    _check(rw.mode in ("group", "absolute"), "reward.mode", f"must be group or absolute, got {rw.mode!r}")
+    for name in rw.tool_weights:
+        _check(name in enabled, f"reward.tool_weights.{name}",
+               f"no enabled tool named {name!r}; tools: {', '.join(sorted(enabled))}")
+    if rw.judge_tool:
+        _check(rw.judge_tool in enabled and tools[rw.judge_tool].kind == "llm", "reward.judge_tool",
+               f"{rw.judge_tool!r} is not an enabled llm tool")
+    a = cfg.algo
+    _check(a.name in ("grpo", "ppo"), "algo.name", f"must be grpo or ppo, got {a.name!r}")
+    _check(a.loss_agg in ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean"), "algo.loss_agg",
+           f"unknown aggregation {a.loss_agg!r}")
+    _check(a.kl_estimator in ("k1", "k2", "k3"), "algo.kl_estimator", f"must be k1, k2 or k3, got {a.kl_estimator!r}")
+    for key in ("lr", "critic_lr", "micro_batch_tokens", "epochs"):
+        _check(getattr(a, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(a, key)}")
+    _check(0 <= a.clip_low < 1 and a.clip_high >= 0, "algo.clip_low", "need 0 <= clip_low < 1 and clip_high >= 0")
+    _check(a.dual_clip == 0 or a.dual_clip > 1, "algo.dual_clip", f"must be 0 (off) or > 1, got {a.dual_clip}")
+    _check(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "algo.gamma", "gamma and lam must be in [0, 1]")
+    le = cfg.learner
+    _check(le.num_learners > 0, "learner.num_learners", "must be > 0")
+    _check(le.backend in ("gloo", "nccl"), "learner.backend", f"must be gloo or nccl, got {le.backend!r}")
+    _check(le.dtype in ("float32", "bfloat16", "float16"), "learner.dtype", f"unknown dtype {le.dtype!r}")
+    t = cfg.train
+    _check(t.steps >= 0, "train.steps", "must be >= 0")
+    _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")
+    _check(t.wandb_mode in ("", "online", "offline", "disabled"), "train.wandb_mode",
+           f"must be online, offline or disabled, got {t.wandb_mode!r}")
+    _check(cfg.sft.num_demos > 0 and cfg.sft.epochs > 0 and cfg.sft.num_workers > 0, "sft",
+           "num_demos, epochs and num_workers must be > 0")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
     return cfg

@@ -35,6 +35,10 @@ def test_default_config_is_valid():
      "config error: data.experts.math-small.accuracy.arithmetic: must be in [0, 1], got 1.5"),
     ("rollout.max_total_tokens=99999", "config error: rollout.max_total_tokens: 99999 exceeds rollout.engine.max_model_len"),
     ("model=nope", "config error: In 'config': Could not find 'model/nope'"),
+    ("+reward.tool_weights.serch=1.0", "config error: reward.tool_weights.serch: no enabled tool named 'serch'"),
+    ("algo.name=dpo", "config error: algo.name: must be grpo or ppo, got 'dpo'"),
+    ("algo.kl_estimator=k9", "config error: algo.kl_estimator: must be k1, k2 or k3"),
+    ("learner.num_learners=0", "config error: learner.num_learners: must be > 0"),
 ])
 def test_bad_config_is_one_line_naming_the_key(override, expected):
     assert error_line(override).startswith(expected)

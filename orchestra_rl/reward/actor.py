@@ -1,0 +1,96 @@
+"""RewardActor: scores a batch of trajectories — outcome per trajectory, then efficiency and preference per group.
+
+An async Ray actor (make_reward_actor), or a plain object used directly. With an LLM judge configured
+(reward.judge_tool), the judge calls of a batch run concurrently, up to the judge tool's max_concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import ray
+
+from orchestra_rl.config import Config, ConfigError, RewardConfig, ToolConfig
+from orchestra_rl.reward.mix import mix_group, unknown_preference_keys
+from orchestra_rl.reward.outcome import judge, outcome_score
+from orchestra_rl.tools import llm
+from orchestra_rl.tools.base import ToolContext
+from orchestra_rl.types import Task, Trajectory
+
+
+class RewardActor:
+    def __init__(self, cfg: RewardConfig, tool_names: list[str], judge_cfg: ToolConfig | None = None,
+                 ctx: ToolContext | None = None):
+        # Checked here, before the first batch, so a typo fails the run at start rather than after a rollout.
+        if cfg.mode not in ("group", "absolute"):
+            raise ConfigError("reward.mode", f"must be group or absolute, got {cfg.mode!r}")
+        if problem := unknown_preference_keys(list(cfg.tool_weights), tool_names):
+            raise ConfigError("reward.tool_weights", problem)
+        self.cfg, self.tool_names = cfg, list(tool_names)
+        self.judge_tool: llm.LLMTool | None = None
+        if judge_cfg is not None and not cfg.judge_tool:
+            raise ConfigError("reward.judge_tool", "empty, yet a judge ToolConfig was given (name the judge tool)")
+        if cfg.judge_tool:
+            if judge_cfg is None or judge_cfg.kind != "llm":
+                kind = judge_cfg.kind if judge_cfg else "missing"
+                raise ConfigError("reward.judge_tool", f"{cfg.judge_tool!r} must be an llm tool (got {kind})")
+            self.judge_tool = llm.from_config(cfg.judge_tool, judge_cfg, ctx or ToolContext())
+            self.judge_slots = asyncio.Semaphore(judge_cfg.max_concurrency)
+
+    async def outcome(self, trajectory: Trajectory, task: Task) -> tuple[float, dict[str, float]]:
+        """o_i, and the components the judge adds (its cost, and whether it failed and the rules decided)."""
+        if self.judge_tool is None:
+            return outcome_score(trajectory, task), {}
+        async with self.judge_slots:
+            score, result = await judge(trajectory, task, self.judge_tool)
+        return score, {"judge_cost_usd": result.cost_usd, "judge_failed": float(result.error is not None)}
+
+    async def score(self, trajectories: list[Trajectory], tasks: dict[str, Task]) -> list[Trajectory]:
+        """Scored copies of `trajectories`, in the same order. Groups are formed by task_id, so a batch may
+        hold several tasks' groups in any order."""
+        missing = sorted({t.task_id for t in trajectories} - tasks.keys())
+        if missing:
+            raise ValueError(f"no Task given for trajectories of task id(s): {', '.join(missing)}")
+        judged = await asyncio.gather(*(self.outcome(t, tasks[t.task_id]) for t in trajectories))
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(trajectories):
+            groups.setdefault(t.task_id, []).append(i)
+        scored: list[Trajectory] = list(trajectories)
+        for task_id, members in groups.items():
+            group = [dataclasses.replace(trajectories[i], reward_components={
+                **trajectories[i].reward_components, **judged[i][1]}) for i in members]
+            outcomes = [judged[i][0] for i in members]
+            for i, t in zip(members, mix_group(group, outcomes, tasks[task_id], self.cfg, self.tool_names)):
+                scored[i] = t
+        return scored
+
+    def summary(self, scored: list[Trajectory]) -> dict[str, float]:
+        return summary(scored)
+
+    async def close(self) -> None:
+        if self.judge_tool is not None:
+            await self.judge_tool.close()
+
+
+def summary(scored: list[Trajectory]) -> dict[str, float]:
+    """Mean of every reward component over the batch, for logging (the per-task preference weights left out).
+    A plain function, so the driver need not ship a batch back to the actor to log it."""
+    keys = sorted({k for t in scored for k in t.reward_components if not k.startswith("pref_")})
+    means = {}
+    for k in keys:
+        values = [t.reward_components[k] for t in scored if k in t.reward_components]
+        means[k] = sum(values) / len(values)
+    return means
+
+
+def make_reward_actor(cfg: Config, ctx: ToolContext) -> ray.actor.ActorHandle:
+    """Start a RewardActor. Every configured tool name (enabled or not) is a valid preference key."""
+    judge_cfg = None
+    if cfg.reward.judge_tool:
+        judge_cfg = cfg.tools.tools.get(cfg.reward.judge_tool)
+        if judge_cfg is None:
+            raise ConfigError("reward.judge_tool", f"no tool named {cfg.reward.judge_tool!r} in tools.tools "
+                                                   f"({', '.join(cfg.tools.tools)})")
+    # num_cpus=0: the actor does arithmetic and waits on the judge; it should not take a CPU from a worker.
+    return ray.remote(RewardActor).options(num_cpus=0).remote(cfg.reward, list(cfg.tools.tools), judge_cfg, ctx)

@@ -1,0 +1,98 @@
+"""Outcome o ∈ [0, 1] of a trajectory (DESIGN.md §2): a rule-based verifier per task family, or an LLM judge.
+
+Rules first: exact match after normalisation (data.world.is_correct), and for families with numeric answers,
+numeric equality ("1,234" = "1234.0" = "1.234e3"). The optional judge asks a model behind an
+OpenAI-compatible endpoint whether a prediction the rules reject still means the gold answer (a paraphrase, a
+unit written out). A judge call costs money like any other LLM call, so its cost becomes part of the
+trajectory's cost (see reward.mix.trajectory_cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Callable
+
+from orchestra_rl.data.world import is_correct
+from orchestra_rl.tools.llm import LLMTool
+from orchestra_rl.types import Task, ToolResult, Trajectory
+
+log = logging.getLogger(__name__)
+
+Verifier = Callable[[str, str], float]  # (prediction, gold) -> score in [0, 1]
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(is_correct(prediction, gold))
+
+
+def _number(text: str) -> float | None:
+    """The number `text` states, ignoring thousands separators, spaces and a trailing period; else None."""
+    try:
+        value = float(text.replace(",", "").replace(" ", "").rstrip("."))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def numeric_match(prediction: str, gold: str) -> float:
+    """Numerically equal answers match; answers that are not numbers fall back to exact match."""
+    p, g = _number(prediction), _number(gold)
+    if p is None or g is None:
+        return exact_match(prediction, gold)
+    # Relative tolerance far below one unit of any answer of the built-in world (integers up to ~10^8).
+    return float(math.isclose(p, g, rel_tol=1e-9, abs_tol=1e-9))
+
+
+# Verifier per task family; families not listed use exact match. Every built-in family has numeric answers
+# (lookup: populations, hard: patent counts); numeric_match leaves word answers to exact match.
+VERIFIERS: dict[str, Verifier] = {
+    "arithmetic": numeric_match,
+    "multihop": numeric_match,
+    "lookup": numeric_match,
+    "hard": numeric_match,
+}
+
+
+def outcome_score(trajectory: Trajectory, task: Task) -> float:
+    """o ∈ [0, 1] by the rules of the task's family. No final answer scores 0."""
+    if trajectory.final_answer is None:
+        return 0.0
+    return VERIFIERS.get(task.family, exact_match)(trajectory.final_answer, task.answer)
+
+
+JUDGE_PROMPT = """You grade answers. Decide whether the predicted answer means the same as the gold answer \
+for the question (ignore formatting, units written out, capitalisation). Reply with exactly one word: YES or NO.
+
+Question: {question}
+Gold answer: {gold}
+Predicted answer: {prediction}"""
+
+
+def parse_verdict(reply: str) -> float | None:
+    """1.0 for YES, 0.0 for NO (the first word, any case or punctuation), None if the reply is neither."""
+    words = re.findall(r"[a-z]+", reply.lower())
+    return {"yes": 1.0, "no": 0.0}.get(words[0]) if words else None
+
+
+async def judge(trajectory: Trajectory, task: Task, judge_tool: LLMTool) -> tuple[float, ToolResult]:
+    """o ∈ {0, 1} by an LLM judge, with the judge call's ToolResult (its cost, latency, error).
+
+    The judge is asked only when the rules say wrong: a rule match is certain and costs nothing. When the call
+    fails or the reply is neither YES nor NO, the rule-based outcome stands (logged; `error` is set on the
+    result) so one bad judge reply never loses a batch.
+    """
+    rule = outcome_score(trajectory, task)
+    if trajectory.final_answer is None or rule == 1.0:
+        return rule, ToolResult(text="judge not asked: " + ("no answer" if rule == 0.0 else "rule match"))
+    question = JUDGE_PROMPT.format(question=task.question, gold=task.answer, prediction=trajectory.final_answer)
+    result = await judge_tool.call({"question": question})
+    verdict = None if result.error else parse_verdict(result.text)
+    if verdict is None:
+        if result.error is None:
+            result.error = f"judge reply is neither YES nor NO: {result.text[:200]!r}"
+        log.warning("judge %s on task %s: %s; using the rule-based outcome %.1f", judge_tool.name,
+                    task.task_id, result.error, rule)
+        return rule, result
+    return verdict, result

@@ -1,0 +1,116 @@
+"""LearnerGroup: cfg.learner.num_learners LearnerWorker actors forming one torch.distributed group (FSDP2), driven
+as one learner: each call goes to every rank at once, the batch split between them by tokens."""
+
+from __future__ import annotations
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from orchestra_rl.config import Config
+from orchestra_rl.learner.batching import split_across_ranks
+from orchestra_rl.learner.weight_sync import sync_through_file
+from orchestra_rl.learner.worker import LearnerWorker
+from orchestra_rl.types import TrainSample
+
+PLACEMENT_TIMEOUT_S = 300
+
+
+def gather(refs: list) -> list:
+    """ray.get over all ranks' calls that raises as soon as any one fails: the other ranks may be blocked in a
+    collective waiting for it (the group is then unusable; shut it down)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done[0])
+    return ray.get(refs)
+
+
+@ray.remote(num_cpus=0)
+def master_address(single_node: bool) -> tuple[str, int]:
+    """Run inside rank 0's bundle: its node's address (loopback on a one-node cluster) and a free port there."""
+    import socket
+
+    host = "127.0.0.1" if single_node else ray.util.get_node_ip_address()
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return host, s.getsockname()[1]
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_path: str):
+        lc = cfg.learner
+        self.cfg, self.num_learners = cfg, lc.num_learners
+        bundle = {k: v for k, v in {"CPU": lc.num_cpus_per_learner, "GPU": lc.num_gpus_per_learner}.items() if v > 0}
+        if not bundle:
+            raise ValueError("learner.num_cpus_per_learner and learner.num_gpus_per_learner are both 0: a learner "
+                             "needs some resource to be placed")
+        self.placement = placement_group([bundle] * lc.num_learners, strategy="PACK")
+        ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            self.shutdown()
+            raise RuntimeError(f"could not place {lc.num_learners} learners of {bundle} each within "
+                               f"{PLACEMENT_TIMEOUT_S} s; free resources: {ray.available_resources()}")
+        single_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
+        addr, port = ray.get(master_address.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=0),
+        ).remote(single_node))
+        self.workers = [
+            ray.remote(LearnerWorker).options(
+                num_cpus=lc.num_cpus_per_learner, num_gpus=lc.num_gpus_per_learner,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
+            ).remote(cfg, model_path, rank, lc.num_learners, addr, port)
+            for rank in range(lc.num_learners)
+        ]
+        try:
+            gather([w.ready.remote() for w in self.workers])
+        except Exception:
+            self.shutdown()
+            raise
+
+    def _split(self, samples: list[TrainSample]) -> list[list[int]]:
+        return split_across_ranks(samples, self.num_learners)
+
+    def update(self, samples: list[TrainSample]) -> dict[str, float]:
+        """One update on the batch (algo.epochs passes); metrics of the whole batch."""
+        shares = self._split(samples)
+        results = gather([w.update.remote([samples[i] for i in idx]) for w, idx in zip(self.workers, shares)])
+        return results[0]
+
+    def logprobs(self, samples: list[TrainSample]) -> list[list[float]]:
+        """The current policy's log p(token_i | <i) for every token of every sample (position 0: 0.0)."""
+        shares = self._split(samples)
+        results = gather([w.logprobs.remote([samples[i] for i in idx]) for w, idx in zip(self.workers, shares)])
+        out: list[list[float]] = [[] for _ in samples]
+        for idx, rows in zip(shares, results):
+            for i, row in zip(idx, rows):
+                out[i] = row
+        return out
+
+    def export_weights(self, path: str) -> int:
+        """Gather the policy and write it as safetensors to `path` (by rank 0); returns bytes written."""
+        return gather([w.state_dict_for_sync.remote(path) for w in self.workers])[0]
+
+    def sync_weights(self, rollout_workers: list) -> dict[str, float]:
+        """Push the current policy into every rollout worker's engine (weight_sync.py). Returns bytes and seconds."""
+        return sync_through_file(self.export_weights, rollout_workers)
+
+    def save_checkpoint(self, directory: str) -> None:
+        gather([w.save_checkpoint.remote(directory) for w in self.workers])
+
+    def load_checkpoint(self, directory: str) -> None:
+        gather([w.load_checkpoint.remote(directory) for w in self.workers])
+
+    def shutdown(self) -> None:
+        """Leave the process group, stop the actors, free their resources. Safe to call twice."""
+        workers, self.workers = getattr(self, "workers", []), []
+        if workers:
+            try:
+                ray.get([w.shutdown.remote() for w in workers], timeout=30)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # a dead rank, or one stuck in a collective with it: killed regardless
+            for w in workers:
+                ray.kill(w)
+        placement, self.placement = getattr(self, "placement", None), None
+        if placement is not None:
+            remove_placement_group(placement)

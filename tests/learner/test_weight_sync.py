@@ -1,0 +1,88 @@
+"""Weight sync through the real system: a LearnerGroup (2 ranks, gloo, FSDP2) trains, syncs into a RolloutWorker's
+vLLM engine, and the engine then scores tokens exactly as the learner does; a checkpoint loads in transformers."""
+
+import glob
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from orchestra_rl.learner.group import LearnerGroup
+from orchestra_rl.runtime import Runtime
+from orchestra_rl.types import TrainSample
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def runtime(make_config, ray_local):
+    # 2 CPUs in the test cluster: rollout worker 1 + tool executor 0.5 + two learners at 0.25.
+    cfg = make_config("tools.tools.python.enabled=false", f"serve.port={free_port()}", "serve.latency_scale=0.01",
+                      "learner.num_learners=2", "learner.num_cpus_per_learner=0.25", "algo.lr=5e-3")
+    with Runtime(cfg) as rt:
+        yield rt
+
+
+def max_diff(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(runtime.model_path)
+    prompt = tokenizer.encode("<|im_start|>user\nWhat is the population of the country?<|im_end|>\n"
+                              "<|im_start|>assistant\n")
+    sequence = prompt + tokenizer.encode('<tool_call>\n{"name": "search", "arguments": {"query": "population"}}'
+                                         "\n</tool_call><|im_end|>")
+    worker = runtime.workers[0]
+    group = LearnerGroup(runtime.cfg, runtime.model_path)
+    try:
+        probe = TrainSample(sequence, [0] * len(prompt) + [1] * (len(sequence) - len(prompt)), [0.0] * len(sequence))
+        learner_before = group.logprobs([probe])[0]
+        engine_before = ray.get(worker.prompt_logprobs.remote(sequence))
+        # Same weights, same alignment: the learner's position i is the engine's prompt logprob i - 1.
+        assert max_diff(learner_before[1:], engine_before) < 1e-3
+
+        # A batch that pushes the probe's tokens up and some random text down, with a large learning rate.
+        g = torch.Generator().manual_seed(1)
+        batch = [probe]
+        for _ in range(3):
+            ids = torch.randint(0, len(tokenizer), (48,), generator=g).tolist()
+            batch.append(TrainSample(ids, [0] * 16 + [1] * 32, [0.0] * 48))
+        batch = [TrainSample(s.token_ids, s.loss_mask, [lp * m for lp, m in zip(lps, s.loss_mask)],
+                             advantage=1.0 if s is probe else -1.0)
+                 for s, lps in zip(batch, group.logprobs(batch))]
+        metrics = group.update(batch)
+        assert metrics["grad_norm"] > 0
+
+        shm_before = set(glob.glob("/dev/shm/orchestra_rl-*"))
+        sync = group.sync_weights(runtime.workers)
+        assert set(glob.glob("/dev/shm/orchestra_rl-*")) <= shm_before  # the weights file is gone
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(runtime.model_path).parameters())
+        # fp32, with the tied lm_head written as its own copy for vLLM's CPU runner.
+        assert sync["bytes"] >= 4 * n_params and sync["seconds"] > 0
+        print(f"\nsync: {sync['bytes'] / 1e6:.2f} MB in {sync['seconds'] * 1e3:.0f} ms "
+              f"(export {sync['export_seconds'] * 1e3:.0f} ms, load {sync['load_seconds'] * 1e3:.0f} ms); "
+              f"update: {metrics['step_time_s'] * 1e3:.0f} ms for {metrics['tokens']:.0f} policy tokens")
+
+        learner_after = group.logprobs([probe])[0]
+        engine_after = ray.get(worker.prompt_logprobs.remote(sequence))
+        assert max_diff(learner_after[1:], engine_after) < 1e-3
+        # A stale engine would still report the old scores: the change is far above the tolerance.
+        assert max_diff(engine_after, engine_before) > 0.05
+        assert sum(engine_after[len(prompt) - 1:]) > sum(engine_before[len(prompt) - 1:])  # the probe went up
+
+        # A checkpoint is an HF model directory: transformers loads it and scores the same.
+        ckpt = tmp_path / "ckpt"
+        group.save_checkpoint(str(ckpt))
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt / "policy"), dtype=torch.float32)
+        ids = torch.tensor([sequence])
+        with torch.no_grad():
+            hf = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        assert max_diff(hf.tolist(), learner_after[1:]) < 1e-4
+        assert AutoTokenizer.from_pretrained(str(ckpt / "policy")).encode("What is 2+2?") == \
+            tokenizer.encode("What is 2+2?")
+    finally:
+        group.shutdown()

@@ -1,0 +1,133 @@
+"""The driver: `orchestra-rl train`. Reads as the algorithm:
+
+  warm start (SFT) → start rollout workers, tool executors, reward actor, learner group → evaluate →
+  loop: sample tasks → rollouts → rewards → advantages → update → weight sync → log → checkpoint
+  → evaluate again and compare.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from orchestra_rl.checkpoint import checkpoint_dir, latest_checkpoint, load_trainer_state, save_trainer_state
+from orchestra_rl.config import Config
+from orchestra_rl.data.sampler import TaskSampler
+from orchestra_rl.data.world import load_tasks
+from orchestra_rl.eval.report import print_comparison
+from orchestra_rl.eval.run import evaluate
+from orchestra_rl.learner.group import LearnerGroup
+from orchestra_rl.learner.samples import make_train_samples
+from orchestra_rl.models.tiny import resolve_model_path
+from orchestra_rl.reward.actor import make_reward_actor, summary as reward_summary
+from orchestra_rl.runtime import Runtime, init_ray
+from orchestra_rl.tracking import Tracker
+from orchestra_rl.types import Task, Trajectory
+
+
+def rollout_metrics(scored: list[Trajectory]) -> dict[str, float]:
+    n = len(scored)
+    metrics = {
+        "rollout/reward": sum(t.reward for t in scored) / n,
+        "rollout/cost_usd": sum(t.cost_usd for t in scored) / n,
+        "rollout/latency_s": sum(t.latency_s for t in scored) / n,
+        "rollout/turns": sum(len(t.turns) for t in scored) / n,
+        "rollout/policy_tokens": sum(t.num_policy_tokens for t in scored) / n,
+        "rollout/parse_errors": sum(1 for t in scored for turn in t.turns if turn.parse_error) / n,
+    }
+    metrics |= {f"reward/{k}": v for k, v in reward_summary(scored).items()}
+    for name in sorted({c.name for t in scored for c in t.tool_calls}):
+        metrics[f"tools/{name}"] = sum(t.tool_counts().get(name, 0) for t in scored) / n
+    return metrics
+
+
+def scored_eval(runtime: Runtime, reward, cfg: Config, desc: str) -> dict[str, Any]:
+    """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size)."""
+    summary, trajectories = evaluate(runtime, cfg.eval.split, cfg.train.eval_max_tasks, cfg.rollout.group_size, desc)
+    tasks = {t.task_id: t for t in load_tasks(runtime.world_dir, cfg.eval.split)}
+    scored = ray.get(reward.score.remote(trajectories, tasks))
+    summary["overall"]["reward"] = sum(t.reward for t in scored) / len(scored)
+    for family, s in summary["families"].items():
+        group = [t.reward for t in scored if t.family == family]
+        s["reward"] = sum(group) / len(group)
+    return summary
+
+
+def warm_start(cfg: Config, run_dir: Path) -> tuple[str, dict[str, Any] | None]:
+    """The policy to start from: the latest checkpoint when resuming, else SFT of the configured model."""
+    resume_from = latest_checkpoint(str(run_dir)) if cfg.train.resume else None
+    if resume_from is not None:
+        print(f"resuming from {resume_from}")
+        return str(resume_from / "policy"), load_trainer_state(resume_from)
+    if cfg.sft.enabled:
+        from orchestra_rl.sft.train import run_sft
+
+        return run_sft(cfg), None
+    return resolve_model_path(cfg.model), None
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started_ray = init_ray(cfg)
+    model_path, state = warm_start(cfg, run_dir)
+    tracker = Tracker(cfg, str(run_dir), resume_id=state["wandb_id"] if state else None)
+    try:
+        with Runtime(cfg, model_path) as runtime:
+            learners = LearnerGroup(cfg, model_path)
+            if state is not None:
+                learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
+            reward = make_reward_actor(cfg, runtime.tool_context)
+            sampler = TaskSampler(load_tasks(runtime.world_dir, "train"), cfg.seed,
+                                  position=state["data_position"] if state else 0)
+            before = scored_eval(runtime, reward, cfg, "eval before")
+            tracker.log({f"eval/{k}": v for k, v in before["overall"].items() if isinstance(v, float)}, step=0)
+
+            first = state["step"] if state else 0
+            bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
+            for step in bar:
+                t0 = time.perf_counter()
+                tasks: list[Task] = sampler.next(cfg.train.tasks_per_step)
+                trajectories = runtime.rollout(tasks, cfg.rollout.group_size)
+                t1 = time.perf_counter()
+                scored = ray.get(reward.score.remote(trajectories, {t.task_id: t for t in tasks}))
+                samples, sample_stats = make_train_samples(scored, cfg.algo)
+                update = learners.update(samples) if samples else {}
+                t2 = time.perf_counter()
+                sync = learners.sync_weights(runtime.workers)
+                metrics = rollout_metrics(scored) | sample_stats | {f"learner/{k}": v for k, v in update.items()}
+                metrics |= {"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "sync/seconds": sync["seconds"],
+                            "sync/bytes": sync["bytes"],
+                            "perf/rollout_tokens_per_s": sum(len(t.token_ids) for t in scored) / (t1 - t0)}
+                tracker.log(metrics, step=step + 1)
+                with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not
+                    log.write(json.dumps({"step": step + 1, "task_ids": [t.task_id for t in tasks]} | metrics) + "\n")
+                if step == first or (step + 1) % 10 == 0:
+                    tracker.log_trajectories(scored, step + 1, runtime.tokenizer)
+                bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}",
+                                accuracy=f"{metrics.get('reward/outcome', 0.0):.3f}",
+                                cost=f"{metrics['rollout/cost_usd']:.5f}")
+                if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+                    ckpt = checkpoint_dir(str(run_dir), step + 1)
+                    learners.save_checkpoint(str(ckpt))
+                    save_trainer_state(ckpt, step + 1, sampler.position, tracker.run_id)
+
+            after = scored_eval(runtime, reward, cfg, "eval after")
+            tracker.log({f"eval/{k}": v for k, v in after["overall"].items() if isinstance(v, float)},
+                        step=cfg.train.steps)
+            learners.shutdown()
+    finally:
+        tracker.finish()
+        if started_ray:
+            ray.shutdown()
+    print_comparison(before, after)
+    report = {"before": before, "after": after, "model_path": model_path,
+              "checkpoint": str(latest_checkpoint(str(run_dir)) or "")}
+    (run_dir / "train_report.json").write_text(json.dumps(report, indent=2))
+    print(f"report: {run_dir / 'train_report.json'}")
+    return report

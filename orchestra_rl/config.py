@@ -117,6 +117,12 @@ class ToolConfig:
     price_out_per_mtok: Optional[float] = None
     max_tokens: int = 256
     temperature: float = 0.0
+    # llm: hand the expert the user's task along with the orchestrator's question (ToolOrchestra routes the
+    # problem itself to an expert model; the orchestrator decides which expert, not how to restate it).
+    include_task: bool = False
+    # llm: the expert's reply is the final answer and ends the trajectory (ToolOrchestra's answer models: the
+    # orchestrator decides which model answers).
+    final_answer: bool = False
 
 
 @dataclass
@@ -251,8 +257,8 @@ class SFTConfig:
     enabled: bool = True
     num_demos: int = 512
     epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 16
+    lr: float = 3e-3
+    batch_size: int = 4
     num_workers: int = 2
     output_dir: str = "outputs/sft"
 
@@ -294,6 +300,12 @@ def register_configs() -> None:
 
 
 TOOL_KINDS = ("python", "search", "llm", "answer")
+
+
+def final_tool_names(cfg: "Config") -> set[str]:
+    """Enabled tools whose successful call ends a trajectory with its result as the final answer."""
+    return {n for n, t in cfg.tools.tools.items()
+            if t.enabled and (t.kind == "answer" or (t.kind == "llm" and t.final_answer))}
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import ray
 
-from orchestra_rl.config import Config
+from orchestra_rl.config import Config, final_tool_names
 from orchestra_rl.data.world import build_world
 from orchestra_rl.models.tiny import resolve_model_path
 from orchestra_rl.rollout.worker import make_rollout_worker
@@ -62,7 +62,7 @@ class Runtime:
         self.tool_context = ToolContext(world_dir=str(self.world_dir), experts_base_url=self.experts_url)
         self.executors = [make_executor(cfg.tools, self.tool_context) for _ in range(cfg.tools.num_executors)]
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
-        final_tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind == "answer"]
+        final_tools = sorted(final_tool_names(cfg))
         self.workers = [make_rollout_worker(cfg, self.model_path, self.executors, self.tool_schemas, final_tools)
                         for _ in range(cfg.rollout.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])

@@ -13,6 +13,7 @@ class Tracker:
     def __init__(self, cfg: Config, run_dir: str, resume_id: str | None = None):
         import wandb
 
+        os.environ.setdefault("WANDB_SILENT", "true")  # our own line below says where the run is
         mode = cfg.train.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(project=cfg.train.wandb_project, mode=mode, dir=run_dir, config=as_plain(cfg),
                               id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")

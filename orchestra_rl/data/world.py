@@ -80,8 +80,10 @@ _COMPANY_SUFFIXES = ["Industries", "Systems", "Labs", "Holdings", "Dynamics", "W
 
 
 def normalize_answer(s: Any) -> str:
-    """Canonical form for comparing answers: lowercase, no commas, no trailing period or ".0", single spaces."""
+    """Canonical form for comparing answers: lowercase, no commas, no leading "the answer is", no trailing period
+    or ".0", single spaces."""
     s = " ".join(str(s).lower().replace(",", "").split()).rstrip(".")
+    s = re.sub(r"^the (?:final )?answer is:? ", "", s)
     return re.sub(r"(?<=\d)\.0+$", "", s)
 
 

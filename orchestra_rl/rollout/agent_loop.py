@@ -19,7 +19,7 @@ from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.tools.base import Pricing
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult, Trajectory, Turn
 
-CallTool = Callable[[str, dict], Awaitable[ToolResult]]
+CallTool = Callable[[str, dict, str], Awaitable[ToolResult]]  # (tool name, arguments, the user's task)
 
 
 class Engine(Protocol):
@@ -133,7 +133,8 @@ class AgentLoop:
             if parsed.error:
                 responses = [f"Error: {parsed.error}"]
             else:
-                turn.calls = list(await asyncio.gather(*(self._call(turn_index, c) for c in parsed.calls)))
+                task_text = self.chat.user_message(task)
+                turn.calls = list(await asyncio.gather(*(self._call(turn_index, c, task_text) for c in parsed.calls)))
                 responses = [c.result.text for c in turn.calls]
                 answer = next((c for c in turn.calls if c.name in self.final_tools and c.result.error is None), None)
                 if answer is not None:
@@ -158,6 +159,6 @@ class AgentLoop:
             wall_time_s=time.perf_counter() - start,
         )
 
-    async def _call(self, turn_index: int, call: ToolCall) -> ToolCallRecord:
-        result = await self.call_tool(call.name, call.arguments)
+    async def _call(self, turn_index: int, call: ToolCall, task_text: str) -> ToolCallRecord:
+        result = await self.call_tool(call.name, call.arguments, task_text)
         return ToolCallRecord(turn=turn_index, name=call.name, arguments=call.arguments, result=result)

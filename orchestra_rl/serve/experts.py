@@ -16,6 +16,7 @@ uniformly within ±25 % of the expert's output_tokens (a real model's reasoning 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import re
@@ -168,6 +169,7 @@ def start_experts(cfg: Config, world_dir: str | Path, ready_timeout_s: float = 1
     if not cfg.data.experts:
         raise ConfigError("data.experts", "no simulated experts configured")
     experts = {name: asdict(e) for name, e in cfg.data.experts.items()}
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up INFO lines, not over progress bars
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(ExpertServer.bind(experts, question_index(world_dir), cfg.serve.latency_scale, cfg.seed),
               name=APP_NAME, route_prefix="/")

@@ -22,7 +22,7 @@ class AnswerTool(Tool):
         "additionalProperties": False,
     }
 
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+    async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         return ToolResult(text=arguments["answer"], cost_usd=self.pricing.per_call)
 
 

@@ -56,14 +56,16 @@ class Tool(abc.ABC):
             return f"invalid arguments for tool '{self.name}' at {where}: {e.message}"
         return None
 
-    async def call(self, arguments: dict[str, Any]) -> ToolResult:
+    async def call(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
+        """`task` is the user's task the orchestrator is solving; tools configured with `include_task` (experts)
+        receive it with the call, as ToolOrchestra's expert models receive the problem."""
         error = self.argument_error(arguments)
         if error:
             return ToolResult(text=f"Error: {error}", error=error)
-        return await self.run(arguments)
+        return await self.run(arguments, task)
 
     @abc.abstractmethod
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+    async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         """Execute a call whose arguments already match `parameters`."""
 
     async def close(self) -> None:

@@ -54,14 +54,14 @@ class ToolExecutor:
         }
         self.tool_stats = {name: ToolStats() for name in self.tools}
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+    async def call(self, name: str, arguments: dict[str, Any], task: str = "") -> ToolResult:
         tool = self.tools.get(name)
         if tool is None:
             return error_result(f"unknown tool {name!r}; known tools: {', '.join(self.tools)}")
         async with self.slots[name]:
             start = time.perf_counter()
             try:
-                result = await asyncio.wait_for(tool.call(arguments), self.deadlines[name])
+                result = await asyncio.wait_for(tool.call(arguments, task), self.deadlines[name])
             except TimeoutError:
                 log.error("tool %s: no result after %.1f s", name, self.deadlines[name])
                 result = error_result(f"tool {name!r} timed out after {self.deadlines[name]:.1f} s",
@@ -108,8 +108,8 @@ class ToolPool:
         self.executors = executors
         self._next = itertools.cycle(executors)
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
-        return await next(self._next).call.remote(name, arguments)
+    async def call(self, name: str, arguments: dict[str, Any], task: str = "") -> ToolResult:
+        return await next(self._next).call.remote(name, arguments, task)
 
     async def schemas(self) -> list[dict[str, Any]]:
         return await self.executors[0].schemas.remote()

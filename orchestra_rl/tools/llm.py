@@ -68,9 +68,11 @@ class LLMTool(Tool):
         temperature: float = 0.0,
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
+        include_task: bool = False,
     ):
         super().__init__(name, description, pricing)
         self.model = model
+        self.include_task = include_task
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_tokens = max_tokens
@@ -93,14 +95,16 @@ class LLMTool(Tool):
         # Jitter in [max/2, max]: spreads out retries of calls that failed together, keeps a lower bound.
         return self.backoff_delay_max(attempt) * random.uniform(0.5, 1.0)
 
-    def messages(self, arguments: dict[str, Any]) -> list[dict[str, str]]:
-        # The question is the last user message on its own, so a server can read it without parsing the context.
+    def messages(self, arguments: dict[str, Any], task: str = "") -> list[dict[str, str]]:
+        # The question is the last user message, so a server can read it without parsing the context; with
+        # include_task the user's task comes first in it: the expert is handed the problem, not a paraphrase.
         context = arguments.get("context")
         system = [{"role": "system", "content": f"Context:\n{context}"}] if context else []
-        return system + [{"role": "user", "content": arguments["question"]}]
+        question = f"Task: {task}\n\n{arguments['question']}" if self.include_task and task else arguments["question"]
+        return system + [{"role": "user", "content": question}]
 
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
-        messages = self.messages(arguments)
+    async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
+        messages = self.messages(arguments, task)
         start = time.perf_counter()
         attempts = self.max_retries + 1
         for attempt in range(attempts):
@@ -168,4 +172,5 @@ def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> LLMTool:
         max_retries=cfg.max_retries,
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature,
+        include_task=cfg.include_task,
     )

@@ -40,7 +40,7 @@ class PythonTool(Tool):
         super().__init__(name, description, pricing)
         self.limits = limits
 
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+    async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         start = time.monotonic()
         result = await run_sandboxed_async(arguments["code"], self.limits)
         text, error = self._describe(result)

@@ -67,7 +67,7 @@ class SearchTool(Tool):
         else:
             raise ConfigError(f"tools.tools.{name}.backend", f"must be bm25 or tavily, got {cfg.backend!r}")
 
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+    async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         start = time.perf_counter()
         if self.cfg.backend == "bm25":
             text, error = self._bm25(arguments["query"]), None

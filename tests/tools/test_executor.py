@@ -126,7 +126,7 @@ async def test_tool_pool_round_robins_over_executors(start_executor):
 
 
 class SlowTool(Tool):
-    async def run(self, arguments: dict[str, Any]) -> ToolResult:
+    async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         await asyncio.sleep(10)
         return ToolResult(text="too late")
 

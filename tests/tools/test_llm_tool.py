@@ -55,6 +55,21 @@ async def test_cost_tokens_and_request_from_config(openai_stub_server):
     assert openai_stub_server.api_keys == [llm.NO_API_KEY]
 
 
+async def test_include_task_hands_the_expert_the_users_task(openai_stub_server):
+    ctx = ToolContext(experts_base_url=openai_stub_server.base_url)
+    with_task = llm.from_config("expert", llm_config(include_task=True), ctx)
+    without = llm.from_config("expert", llm_config(), ctx)
+    try:
+        await with_task.call({"question": "Solve it."}, task="What is 6*7?")
+        await without.call({"question": "Solve it."}, task="What is 6*7?")
+    finally:
+        await with_task.close()
+        await without.close()
+    first, second = openai_stub_server.requests
+    assert first["messages"] == [{"role": "user", "content": "Task: What is 6*7?\n\nSolve it."}]
+    assert second["messages"] == [{"role": "user", "content": "Solve it."}]
+
+
 async def test_api_key_is_read_from_the_named_environment_variable(openai_stub_server, monkeypatch):
     monkeypatch.setenv("STUB_API_KEY", "sk-test-123")
     cfg = llm_config(base_url=openai_stub_server.base_url, api_key_env="STUB_API_KEY")

@@ -1,0 +1,149 @@
+"""Demonstrations for the SFT warm start: the scripted policy through the real agent loop and real tools.
+
+The tools run as in training (ToolExecutor actors: python sandbox, BM25 search, simulated experts on Ray Serve),
+so every tool response a demonstration shows is one the policy will see in RL. Only the experts' latency is
+switched off: it shapes no demonstration.
+
+Kept: demonstrations that end with an answer call (every scripted turn is a well-formed call). By default a
+wrong final answer is kept too (an expert's wrong answer, faithfully copied, is still the behaviour to
+imitate, and dropping it would tilt the tool mix toward accurate tools: routing is RL's job);
+`only_correct=True` keeps only correct ones, filling the quota with further group indices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections import Counter
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+from orchestra_rl.config import Config, final_tool_names
+from orchestra_rl.data.world import is_correct, load_tasks
+from orchestra_rl.rollout.agent_loop import AgentLoop
+from orchestra_rl.rollout.chat import ChatFormat
+from orchestra_rl.runtime import Runtime
+from orchestra_rl.sft.scripted import ScriptedPolicy
+from orchestra_rl.tools.base import Pricing
+from orchestra_rl.tools.executor import ToolPool
+from orchestra_rl.types import Task, Trajectory
+
+# Attempts allowed per demonstration asked for, when only correct ones are kept.
+MAX_ATTEMPTS_PER_DEMO = 4
+
+
+def tools_runtime_config(cfg: Config) -> Config:
+    """cfg for a Runtime that starts the world, the experts (without latency) and the tool executors, but no
+    rollout worker: the scripted policy needs no inference engine."""
+    tools_only = copy.deepcopy(cfg)
+    tools_only.rollout.num_workers = 0
+    tools_only.serve.latency_scale = 0.0
+    return tools_only
+
+
+def interleave_families(tasks: list[Task]) -> list[Task]:
+    """Tasks round-robin over their families, so any number of demonstrations covers the families evenly."""
+    by_family: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_family.setdefault(t.family, []).append(t)
+    return [t for group in zip_longest(*by_family.values()) for t in group if t is not None]
+
+
+def strategy_of(trajectory: Trajectory, answer_tool: str) -> str:
+    return " -> ".join(c.name for c in trajectory.tool_calls if c.name != answer_tool) or "(none)"
+
+
+class ScriptedRollout:
+    """The scripted policy in the agent loop, with the runtime's tool executors: one AgentLoop per group index
+    (the group index picks the strategy; the Engine protocol carries only tokens)."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, tasks: list[Task]):
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        tokenizer = AutoTokenizer.from_pretrained(runtime.model_path)
+        self.chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, runtime.tool_schemas)
+        self.policy = ScriptedPolicy.from_config(cfg, tokenizer, tasks)
+        self.call_tool = ToolPool(runtime.executors).call
+        self.pricing = Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok)
+        self.loops: dict[int, AgentLoop] = {}
+
+    def loop(self, group_index: int) -> AgentLoop:
+        if group_index not in self.loops:
+            self.loops[group_index] = AgentLoop(self.policy.for_group(group_index), self.call_tool, self.chat,
+                                                self.cfg.rollout, self.pricing, final_tool_names(self.cfg))
+        return self.loops[group_index]
+
+    def run(self, items: list[tuple[Task, int]]) -> list[Trajectory]:
+        """One trajectory per (task, group index), all concurrently; in the order of `items`."""
+        async def run_all() -> list[Trajectory]:
+            return list(await asyncio.gather(*(self.loop(g).run(task, g) for task, g in items)))
+
+        return asyncio.run(run_all())
+
+
+def generate_demos(cfg: Config, runtime: Runtime, num_demos: int, only_correct: bool = False,
+                   out_path: str | Path | None = None) -> list[Trajectory]:
+    """`num_demos` demonstrations over the train split (families in turn, group index g on the g-th pass of
+    the split), run concurrently through the agent loop with `runtime`'s tool executors; written as JSONL to
+    `out_path`."""
+    if num_demos <= 0:
+        raise ValueError(f"num_demos must be > 0, got {num_demos}")
+    tasks = interleave_families(load_tasks(runtime.world_dir, "train"))
+    if not tasks:
+        raise ValueError(f"the train split of {runtime.world_dir} has no tasks")
+    scripted = ScriptedRollout(cfg, runtime, tasks)
+    gold = {t.task_id: t.answer for t in tasks}
+    kept: list[Trajectory] = []
+    attempted = 0
+    limit = num_demos * (MAX_ATTEMPTS_PER_DEMO if only_correct else 1)
+    while len(kept) < num_demos and attempted < limit:
+        n = min(num_demos - len(kept), limit - attempted)
+        items = [(tasks[i % len(tasks)], i // len(tasks)) for i in range(attempted, attempted + n)]
+        attempted += n
+        for tr in scripted.run(items):
+            if tr.stop_reason == "answer" and (not only_correct or is_correct(tr.final_answer, gold[tr.task_id])):
+                kept.append(tr)
+    if len(kept) < num_demos:
+        raise RuntimeError(f"only {len(kept)} of {num_demos} demonstrations succeeded in {attempted} attempts "
+                           "(see the tool errors of the trajectories)")
+    if out_path is not None:
+        write_demos(kept, tasks, scripted.policy.answer_tool, out_path)
+    return kept
+
+
+def write_demos(demos: list[Trajectory], tasks: list[Task], answer_tool: str, path: str | Path) -> None:
+    """One JSON row per demonstration: what SFT trains on (token_ids, loss_mask) and what it shows."""
+    gold = {t.task_id: t.answer for t in tasks}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for tr in demos:
+            f.write(json.dumps({"task_id": tr.task_id, "family": tr.family, "group_index": tr.group_index,
+                                "strategy": strategy_of(tr, answer_tool), "final_answer": tr.final_answer,
+                                "correct": is_correct(tr.final_answer, gold[tr.task_id]),
+                                "token_ids": tr.token_ids, "loss_mask": tr.loss_mask}) + "\n")
+
+
+def read_demos(path: str | Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        if len(row.get("token_ids", [])) != len(row.get("loss_mask", [])) or not any(row.get("loss_mask", [])):
+            raise ValueError(f"{path}: row {i + 1} needs token_ids and loss_mask of equal length, some mask 1")
+    return rows
+
+
+def demo_mix(demos: list[Trajectory], tasks: list[Task], answer_tool: str) -> dict[str, Any]:
+    """Per family: how many demonstrations use each strategy and how many end with the correct answer."""
+    gold = {t.task_id: t.answer for t in tasks}
+    mix: dict[str, Any] = {}
+    for family in sorted({d.family for d in demos}):
+        of_family = [d for d in demos if d.family == family]
+        mix[family] = {
+            "demos": len(of_family),
+            "correct": sum(is_correct(d.final_answer, gold[d.task_id]) for d in of_family),
+            "strategies": dict(Counter(strategy_of(d, answer_tool) for d in of_family).most_common()),
+        }
+    return mix

@@ -1,0 +1,191 @@
+"""A scripted orchestrator: demonstrations of well-formed tool calls for the SFT warm start.
+
+`ScriptedPolicy` stands where the vLLM engine stands in the agent loop (the `Engine` protocol): it reads the
+context so far (decoded with the policy's tokenizer), recognises the task by its question and the tool responses
+received, and writes the next turn as a tool call in the chat template's format. Its token ids are what the
+policy "sampled" (logprob 0.0), so a demonstration is a `Trajectory` like any rollout, with real tool results.
+
+Tool choice is varied on purpose, not optimal: per trajectory it picks one of the strategies that can solve the
+task's family (expected accuracy >= MIN_STRATEGY_ACCURACY under the configured tools and experts, see
+data/strategies.py), rotating through them over group indices. SFT then teaches the format and how to read
+tool responses; which tool is worth its cost is left for RL. Answers come only from tool responses: the policy
+knows the gold answer, but uses it only to recognise which number in a search passage is the fact asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from typing import Any
+
+from orchestra_rl.config import Config
+from orchestra_rl.data.strategies import expected_outcomes
+from orchestra_rl.rollout.engine import Generation
+from orchestra_rl.types import Task
+
+# A strategy is demonstrated for a family when its expected accuracy reaches this. With the default experts:
+# arithmetic: python, math_expert, small_generalist, large_generalist; lookup: search, large_generalist;
+# multihop: search, search, python or large_generalist; hard: small_generalist or large_generalist.
+MIN_STRATEGY_ACCURACY = 0.25
+UNKNOWN = "unknown"  # the answer when the tool responses do not contain one
+# Search keywords of the multihop attributes (each word appears next to its fact in the corpus).
+ATTRIBUTE_KEYWORDS = {"population": "population", "employees": "employees", "area_km2": "area",
+                      "founded": "founded", "birth_year": "born"}
+
+_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
+_EXPERT_ANSWER = re.compile(r"The answer is (.+)\.", re.DOTALL)
+_ARITHMETIC_QUESTION = re.compile(r"What is (.+)\?")
+_NUMBER = re.compile(r"\d[\d,]*\d|\d")
+# Markers the python tool adds when a program did not run cleanly (stderr, exit code, a limit).
+_PYTHON_FAILURE = ("[stderr]", "[exit code", "[error:")
+
+
+EXPERT_REQUEST = "Solve the task."
+
+
+def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
+    """One tool call exactly as the chat template renders an assistant's call."""
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
+    """Per family, the tool sequences (answer call not included) a demonstration may use."""
+    strategies: dict[str, list[tuple[str, ...]]] = {}
+    for s in expected_outcomes(cfg):
+        if s.accuracy >= MIN_STRATEGY_ACCURACY:
+            strategies.setdefault(s.family, []).append(s.tools)
+    missing = [f for f in cfg.data.families if f not in strategies]
+    if missing:
+        raise ValueError(f"no enabled tool strategy reaches accuracy {MIN_STRATEGY_ACCURACY} for families "
+                         f"{', '.join(missing)}: enable their tools (tools.tools) or experts (data.experts)")
+    return strategies
+
+
+def find_span(text: str, value: str) -> str | None:
+    """`value` as written in `text` (a number may be written with thousands separators), or None."""
+    if re.fullmatch(r"\d+", value):
+        return next((m.group() for m in _NUMBER.finditer(text) if m.group().replace(",", "") == value), None)
+    return value if value in text else None
+
+
+def read_expert(response: str) -> str:
+    m = _EXPERT_ANSWER.fullmatch(response.strip())
+    return m.group(1).strip() if m else UNKNOWN
+
+
+def read_python(response: str) -> str:
+    if response.startswith("Error:") or any(marker in response for marker in _PYTHON_FAILURE):
+        return UNKNOWN
+    lines = response.strip().splitlines()
+    return lines[-1].strip() if lines else UNKNOWN
+
+
+class ScriptedPolicy:
+    """The Engine protocol, scripted. `for_group(g)` gives the policy of group index g (its strategy choice)."""
+
+    def __init__(self, tokenizer: Any, tasks: list[Task], strategies: dict[str, list[tuple[str, ...]]],
+                 tool_kinds: dict[str, str], answer_tool: str, seed: int = 0, group_index: int = 0):
+        self.tokenizer = tokenizer
+        self.tasks_by_question = {t.question: t for t in tasks}
+        self.strategies, self.tool_kinds, self.answer_tool = strategies, tool_kinds, answer_tool
+        self.seed, self.group_index = seed, group_index
+        self.expert_gets_task: dict[str, bool] = {}  # llm tool name -> include_task
+
+    @classmethod
+    def from_config(cls, cfg: Config, tokenizer: Any, tasks: list[Task]) -> "ScriptedPolicy":
+        enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
+        answer_tool = next(name for name, kind in enabled.items() if kind == "answer")  # validate() ensures one
+        policy = cls(tokenizer, tasks, demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed)
+        policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}
+        return policy
+
+    def for_group(self, group_index: int) -> "ScriptedPolicy":
+        view = copy.copy(self)
+        view.group_index = group_index
+        return view
+
+    def strategy(self, task: Task) -> tuple[str, ...]:
+        """The tools this policy calls on `task`: a per-task offset rotated by the group index, so a group's
+        first len(options) rollouts each use a different strategy."""
+        options = self.strategies.get(task.family)
+        if not options:
+            raise ValueError(f"task {task.task_id}: no demonstration strategy for family {task.family!r}")
+        offset = int(hashlib.sha256(f"{self.seed}/{task.task_id}".encode()).hexdigest()[:8], 16)
+        return options[(offset + self.group_index) % len(options)]
+
+    async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0,
+                       top_p: float = 1.0, stop_token_ids: list[int] | None = None,
+                       stop: list[str] | None = None, regex: str | None = None) -> Generation:
+        """The next turn for this context. Sampling arguments do not apply; a turn longer than max_tokens is
+        cut there, as an engine would."""
+        text = self.next_turn(self.tokenizer.decode(prompt_ids, skip_special_tokens=False))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        finish_reason = "stop"
+        if len(ids) > max_tokens:
+            ids, finish_reason = ids[:max_tokens], "length"
+        stop_id = ids[-1] if finish_reason == "stop" and ids and ids[-1] in (stop_token_ids or []) else None
+        return Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids, skip_special_tokens=False),
+                          finish_reason, stop_id)
+
+    def next_turn(self, context: str) -> str:
+        task = self.task_in(context)
+        name, arguments = self.next_call(task, _RESPONSE.findall(context))
+        return format_tool_call(name, arguments)
+
+    def task_in(self, context: str) -> Task:
+        # The longest question in the context: the task's own (the policy's calls may repeat it; no tool
+        # response contains a question).
+        found = [q for q in self.tasks_by_question if q in context]
+        if not found:
+            raise ValueError(f"no known task question in the context: {context[-300:]!r}")
+        return self.tasks_by_question[max(found, key=len)]
+
+    def next_call(self, task: Task, responses: list[str]) -> tuple[str, dict[str, Any]]:
+        """(tool name, arguments) after `responses` (one per call made so far)."""
+        plan = self.strategy(task)
+        step = len(responses)
+        if step < len(plan):
+            arguments = self._arguments(task, plan, step, responses)
+            if arguments is not None:
+                return plan[step], arguments
+        return self.answer_tool, {"answer": self._answer(task, plan[:step], responses)}
+
+    def _arguments(self, task: Task, plan: tuple[str, ...], step: int,
+                   responses: list[str]) -> dict[str, Any] | None:
+        """Arguments of the plan's step-th call; None if the responses so far do not allow it (then answer)."""
+        kind = self.tool_kinds[plan[step]]
+        if kind == "llm":
+            # Experts configured with include_task receive the task itself: the call only has to route it.
+            return {"question": EXPERT_REQUEST if self.expert_gets_task.get(plan[step]) else task.question}
+        if kind == "search":
+            if task.family == "multihop":  # one search per entity, in the question's order
+                j = plan[:step].count(plan[step])
+                entity, attribute = task.metadata["entities"][j], task.metadata["attributes"][j]
+                return {"query": f"{entity} {ATTRIBUTE_KEYWORDS.get(attribute, attribute.replace('_', ' '))}"}
+            return {"query": task.question}
+        if kind == "python":
+            if task.family == "multihop":
+                # The task's expression over the two facts, if the searches returned both.
+                expression = task.metadata["expression"]
+                searched = "\n".join(responses)
+                if all(find_span(searched, n) for n in re.findall(r"\d+", expression)):
+                    return {"code": f"print({expression})"}
+                return None
+            m = _ARITHMETIC_QUESTION.fullmatch(task.question)
+            return {"code": f"print({m.group(1) if m else task.metadata['expression']})"}
+        raise ValueError(f"the scripted policy cannot call tool {plan[step]!r} of kind {kind!r}")
+
+    def _answer(self, task: Task, called: tuple[str, ...], responses: list[str]) -> str:
+        """What the last tool response says the answer is."""
+        if not called:
+            return UNKNOWN
+        kind, last = self.tool_kinds[called[-1]], responses[-1]
+        if kind == "llm":
+            return read_expert(last)
+        if kind == "python":
+            return read_python(last)
+        if kind == "search" and task.family != "multihop":
+            return find_span(last, task.answer) or UNKNOWN
+        return UNKNOWN  # e.g. multihop searches that did not return both facts

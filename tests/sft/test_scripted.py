@@ -1,0 +1,128 @@
+"""The scripted policy: unit checks of its pieces, and demonstrations through the real agent loop and tools
+(ToolExecutor actor with the python sandbox and BM25 search, simulated experts on Ray Serve)."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from orchestra_rl.data.world import is_correct, load_tasks
+from orchestra_rl.rollout.parser import parse_tool_calls
+from orchestra_rl.runtime import Runtime
+from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, interleave_families, tools_runtime_config
+from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
+                                       read_python)
+from tests.helpers import free_port
+
+GROUPS = 4
+
+
+def test_tool_call_text_is_the_chat_templates_rendering(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    arguments = {"code": "print(12 * 34 + 5)"}
+    call = {"function": {"name": "python", "arguments": arguments}}
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]}], tokenize=False)
+    text = format_tool_call("python", arguments)
+    assert "<|im_start|>assistant\n" + text + "<|im_end|>" in rendered
+    (call,) = parse_tool_calls(text).calls
+    assert (call.name, call.arguments) == ("python", arguments)
+
+
+def test_reading_tool_responses():
+    assert find_span("It has a population of 13,694,735 and 12 cities.", "13694735") == "13,694,735"
+    assert find_span("founded in 1948.", "194") is None  # whole numbers only
+    assert find_span("The capital of Jaestan is Kraerthith;", "Kraerthith") == "Kraerthith"
+    assert find_span("No results.", "Kraerthith") is None
+    assert read_expert("The answer is 171982.") == "171982"
+    assert read_expert("The answer is Mergildro Holdings.") == "Mergildro Holdings"
+    assert read_expert("I don't know the answer to that question.") == UNKNOWN
+    assert read_expert("Error: model 'x' failed after 3 attempt(s): TimeoutError") == UNKNOWN
+    assert read_python("484052\n") == "484052"
+    assert read_python("[stderr]\nNameError: x\n[exit code 1]") == UNKNOWN
+    assert read_python("Error: tool 'python' timed out after 11.0 s") == UNKNOWN
+
+
+def test_strategies_are_those_that_can_solve_each_family(make_config):
+    strategies = demo_strategies(make_config())
+    assert set(strategies["arithmetic"]) == {("python",), ("math_expert",), ("small_generalist",),
+                                             ("large_generalist",)}
+    assert set(strategies["lookup"]) == {("search",), ("large_generalist",)}
+    assert set(strategies["multihop"]) == {("search", "search", "python"), ("large_generalist",)}
+    assert set(strategies["hard"]) == {("small_generalist",), ("large_generalist",)}
+    with pytest.raises(ValueError, match="hard"):  # no expert left that can answer hidden facts
+        demo_strategies(make_config("tools.tools.small_generalist.enabled=false",
+                                    "tools.tools.large_generalist.enabled=false"))
+
+
+@pytest.fixture(scope="module")
+def runtime(make_config, ray_local):
+    cfg = make_config(f"serve.port={free_port()}")
+    with Runtime(tools_runtime_config(cfg)) as rt:
+        yield rt
+
+
+def policy_segments(trajectory) -> list[list[int]]:
+    segments, previous = [], 0
+    for token, m in zip(trajectory.token_ids, trajectory.loss_mask):
+        if m and not previous:
+            segments.append([])
+        if m:
+            segments[-1].append(token)
+        previous = m
+    return segments
+
+
+@pytest.mark.integration
+def test_scripted_trajectories_through_the_agent_loop(runtime):
+    cfg = runtime.cfg
+    tasks = interleave_families(load_tasks(runtime.world_dir, "train"))
+    chosen = tasks[:8]  # two of each family
+    assert {t.family for t in chosen} == {"arithmetic", "lookup", "multihop", "hard"}
+    scripted = ScriptedRollout(cfg, runtime, tasks)
+    trajectories = scripted.run([(task, g) for task in chosen for g in range(GROUPS)])
+    tokenizer = scripted.chat.tokenizer
+    options = demo_strategies(cfg)
+    by_task: dict[str, set] = {}
+    for tr in trajectories:
+        task = next(t for t in chosen if t.task_id == tr.task_id)
+        # Every turn is one well-formed call; the last one answers.
+        assert tr.stop_reason == "answer" and tr.final_answer is not None
+        assert all(t.parse_error is None and t.finish_reason == "tool_call" and len(t.calls) == 1 for t in tr.turns)
+        assert [t.calls[0].name for t in tr.turns][-1] == "answer"
+        strategy = tuple(t.calls[0].name for t in tr.turns[:-1])
+        assert strategy in options[task.family]
+        by_task.setdefault(task.task_id, set()).add(strategy)
+        # The loss mask covers exactly the scripted turns: one run of mask 1 per turn, holding that turn's tokens,
+        # which are the tokenisation of the call's text; logprobs are 0 everywhere.
+        segments = policy_segments(tr)
+        assert len(segments) == len(tr.turns)
+        for segment, turn in zip(segments, tr.turns):
+            call = turn.calls[0]
+            assert segment == tokenizer.encode(format_tool_call(call.name, call.arguments), add_special_tokens=False)
+            assert tokenizer.decode(segment) == turn.text
+        assert set(tr.logprobs) == {0.0} and sum(tr.loss_mask) == sum(t.num_tokens for t in tr.turns)
+        assert tr.token_ids[:tr.prompt_length] == scripted.chat.prompt_ids(task)
+        # Answers are read from the tool responses: local tools are exact, experts are copied as they said.
+        last = tr.tool_calls[-2].result.text
+        if strategy in (("python",), ("search",), ("search", "search", "python")):
+            assert is_correct(tr.final_answer, task.answer), (task.question, strategy, tr.final_answer)
+        else:
+            assert tr.final_answer == read_expert(last)
+        if strategy == ("python",):
+            assert tr.tool_calls[0].arguments == {"code": f"print({task.metadata['expression']})"}
+    # Each task's group spreads over its family's strategies (the rotation gives min(GROUPS, options) of them).
+    for task in chosen:
+        assert len(by_task[task.task_id]) == min(GROUPS, len(options[task.family]))
+
+
+@pytest.mark.integration
+def test_generate_demos_covers_every_family_and_writes_jsonl(runtime, tmp_path):
+    from orchestra_rl.sft.demos import read_demos
+
+    demos = generate_demos(runtime.cfg, runtime, 12, out_path=tmp_path / "demos.jsonl")
+    assert len(demos) == 12 and {d.family for d in demos} == {"arithmetic", "lookup", "multihop", "hard"}
+    rows = read_demos(tmp_path / "demos.jsonl")
+    assert [(r["task_id"], r["token_ids"], r["loss_mask"]) for r in rows] == \
+        [(d.task_id, d.token_ids, d.loss_mask) for d in demos]
+    correct = generate_demos(runtime.cfg, runtime, 8, only_correct=True)
+    gold = {t.task_id: t.answer for t in load_tasks(runtime.world_dir, "train")}
+    assert len(correct) == 8 and all(is_correct(d.final_answer, gold[d.task_id]) for d in correct)

@@ -10,7 +10,7 @@ from orchestra_rl.data.world import load_tasks
 from orchestra_rl.rollout.agent_loop import TurnBarrier
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.runtime import Runtime
-from tests.helpers import free_port
+from tests.helpers import free_port, policy_segments
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +19,6 @@ def runtime(make_config, ray_local):
                       f"serve.port={free_port()}", "serve.latency_scale=0.01")
     with Runtime(cfg) as rt:
         yield rt
-
-
-def policy_segments(trajectory) -> list[list[int]]:
-    segments, previous = [], 0
-    for token, m in zip(trajectory.token_ids, trajectory.loss_mask):
-        if m and not previous:
-            segments.append([])
-        if m:
-            segments[-1].append(token)
-        previous = m
-    return segments
 
 
 def replay(trajectory, chat: ChatFormat, task) -> str:

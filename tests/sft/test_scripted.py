@@ -4,13 +4,14 @@
 import pytest
 from transformers import AutoTokenizer
 
+from orchestra_rl.config import final_tool_names
 from orchestra_rl.data.world import is_correct, load_tasks
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.runtime import Runtime
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, interleave_families, tools_runtime_config
 from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
                                        read_python)
-from tests.helpers import free_port
+from tests.helpers import free_port, policy_segments
 
 GROUPS = 4
 
@@ -60,17 +61,6 @@ def runtime(make_config, ray_local):
         yield rt
 
 
-def policy_segments(trajectory) -> list[list[int]]:
-    segments, previous = [], 0
-    for token, m in zip(trajectory.token_ids, trajectory.loss_mask):
-        if m and not previous:
-            segments.append([])
-        if m:
-            segments[-1].append(token)
-        previous = m
-    return segments
-
-
 @pytest.mark.integration
 def test_scripted_trajectories_through_the_agent_loop(runtime):
     cfg = runtime.cfg
@@ -84,11 +74,13 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
     by_task: dict[str, set] = {}
     for tr in trajectories:
         task = next(t for t in chosen if t.task_id == tr.task_id)
-        # Every turn is one well-formed call; the last one answers.
+        # Every turn is one well-formed call; the last one answers: the answer tool, or an expert whose reply is
+        # the final answer (final_answer: true in conf/tools).
         assert tr.stop_reason == "answer" and tr.final_answer is not None
         assert all(t.parse_error is None and t.finish_reason == "tool_call" and len(t.calls) == 1 for t in tr.turns)
-        assert [t.calls[0].name for t in tr.turns][-1] == "answer"
-        strategy = tuple(t.calls[0].name for t in tr.turns[:-1])
+        names = [t.calls[0].name for t in tr.turns]
+        assert names[-1] in final_tool_names(cfg)
+        strategy = tuple(names[:-1]) if names[-1] == "answer" else tuple(names)
         assert strategy in options[task.family]
         by_task.setdefault(task.task_id, set()).add(strategy)
         # The loss mask covers exactly the scripted turns: one run of mask 1 per turn, holding that turn's tokens,
@@ -101,12 +93,12 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
             assert tokenizer.decode(segment) == turn.text
         assert set(tr.logprobs) == {0.0} and sum(tr.loss_mask) == sum(t.num_tokens for t in tr.turns)
         assert tr.token_ids[:tr.prompt_length] == scripted.chat.prompt_ids(task)
-        # Answers are read from the tool responses: local tools are exact, experts are copied as they said.
-        last = tr.tool_calls[-2].result.text
+        # Local tools' answers are read from their responses and exact; an expert's reply is the answer itself.
         if strategy in (("python",), ("search",), ("search", "search", "python")):
             assert is_correct(tr.final_answer, task.answer), (task.question, strategy, tr.final_answer)
         else:
-            assert tr.final_answer == read_expert(last)
+            assert tr.final_answer == tr.tool_calls[-1].result.text
+            assert read_expert(tr.final_answer) != UNKNOWN
         if strategy == ("python",):
             assert tr.tool_calls[0].arguments == {"code": f"print({task.metadata['expression']})"}
     # Each task's group spreads over its family's strategies (the rotation gives min(GROUPS, options) of them).

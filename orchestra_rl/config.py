@@ -48,6 +48,8 @@ class ModelConfig:
     head_dim: int = 32
     max_position_embeddings: int = 4096
     seed: int = 0
+    # Words the tiny tokenizer keeps whole (the tool names): routing becomes a one-token choice.
+    word_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -34,6 +34,7 @@ def bench_config(cfg: Config) -> Config:
     b.rollout.max_turns = cfg.bench.turns
     b.rollout.max_tokens_per_turn = cfg.bench.tokens_per_turn
     for name in experts:  # neither the per-tool bound nor a timeout may shape the latency distribution
+        b.tools.tools[name].final_answer = False  # every trajectory makes all `turns` calls
         b.tools.tools[name].max_concurrency = max(b.tools.tools[name].max_concurrency, cfg.bench.concurrency)
         b.tools.tools[name].timeout_s = max(b.tools.tools[name].timeout_s, 300.0)
     for e in b.data.experts.values():

@@ -84,8 +84,8 @@ _TRAINING_LINES = [
 ] + [f"{a} * {b} + {a + b} = {a * b + a + b}" for a in range(3, 400, 7) for b in range(11, 90, 13)]
 
 
-def _train_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_tokenizer(vocab_size: int, word_tokens: list[str]):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -108,13 +108,15 @@ def _train_tokenizer(vocab_size: int):
     )
     fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     fast.add_tokens(TOOL_TOKENS)
+    # Whole words as single tokens (the tool names): choosing a tool is then one decision, not a spelling.
+    fast.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in word_tokens])
     return fast
 
 
 def tiny_model_dir(cfg: ModelConfig) -> Path:
     """Where the tiny model for this architecture config lives (content-addressed by the config)."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "max_position_embeddings", "seed")
+            "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens")
     spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(os.path.expanduser(cfg.cache_dir)) / f"tiny-qwen3-{digest}"
@@ -128,7 +130,7 @@ def build_tiny_model(cfg: ModelConfig) -> Path:
     out = tiny_model_dir(cfg)
     if (out / "model.safetensors").exists():
         return out
-    tokenizer = _train_tokenizer(cfg.vocab_size)
+    tokenizer = _train_tokenizer(cfg.vocab_size, list(cfg.word_tokens))
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,

@@ -53,3 +53,12 @@ def test_chat_template_renders_tools_calls_and_responses(tiny_model_path):
         "<|im_start|>user\n<tool_response>\nR1\n</tool_response>\n<tool_response>\nR2\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def test_tool_names_are_single_tokens(tiny_model_path, make_config):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    names = make_config().model.word_tokens
+    assert "math_expert" in names
+    for name in names:
+        ids = tokenizer.encode(f'{{"name": "{name}", "arguments": {{}}}}', add_special_tokens=False)
+        assert name in [tokenizer.decode([i]) for i in ids], name

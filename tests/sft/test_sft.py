@@ -22,11 +22,11 @@ def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
 @pytest.mark.integration
 def test_sft_learns_the_tool_call_format(make_config, ray_local, tmp_path):
     out = tmp_path / "sft"
-    cfg = make_config(f"serve.port={free_port()}", f"sft.output_dir={out}", "sft.num_demos=32", "sft.epochs=6",
+    cfg = make_config(f"serve.port={free_port()}", f"sft.output_dir={out}", "sft.num_demos=64", "sft.epochs=6",
                       "sft.batch_size=8", "sft.lr=3e-3", "sft.num_workers=2")
     checkpoint = run_sft(cfg)
     assert checkpoint == str(out / "checkpoint")
-    assert len((out / DEMOS_FILE).read_text().splitlines()) == 32
+    assert len((out / DEMOS_FILE).read_text().splitlines()) == 64
 
     history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, 7))

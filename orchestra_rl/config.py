@@ -246,7 +246,7 @@ class LearnerConfig:
     num_cpus_per_learner: float = 1.0
     num_gpus_per_learner: float = 0.0
     backend: str = "gloo"  # gloo | nccl
-    dtype: str = "float32"  # fp32 on CPU; bfloat16 on GPU
+    dtype: str = "float32"  # compute dtype: fp32 on CPU; bfloat16 on GPU (weights and optimiser stay fp32)
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     seed: int = 0

@@ -49,7 +49,9 @@ def init_ray(cfg: Config) -> bool:
 class Runtime:
     """The running system. Use as a context manager; `close()` stops everything it started."""
 
-    def __init__(self, cfg: Config, model_path: str | None = None):
+    def __init__(self, cfg: Config, model_path: str | None = None, rollout_workers: bool = True):
+        """rollout_workers=False: the world, experts and tool executors only (e.g. for scripted demonstrations,
+        which need no inference engine)."""
         self.cfg = cfg
         self.started_ray = init_ray(cfg)
         self.world_dir: Path = build_world(cfg.data)
@@ -65,7 +67,7 @@ class Runtime:
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
         final_tools = sorted(final_tool_names(cfg))
         self.workers = [make_rollout_worker(cfg, self.model_path, self.executors, self.tool_schemas, final_tools)
-                        for _ in range(cfg.rollout.num_workers)]
+                        for _ in range(cfg.rollout.num_workers if rollout_workers else 0)]
         ray.get([w.ready.remote() for w in self.workers])
 
     @functools.cached_property

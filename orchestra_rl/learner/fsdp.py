@@ -61,20 +61,29 @@ def load_value_model(model_path: str, dtype: str = "float32", attn_implementatio
     return model
 
 
-def shard(model: torch.nn.Module, backend: str) -> torch.nn.Module:
-    """fully_shard each decoder layer, then the root, over all ranks (FSDP2). One rank: returns the model as is,
-    moved to its device (FSDP over a world of 1 buys nothing)."""
+def shard(model: torch.nn.Module, backend: str, compute_dtype: str = "float32") -> torch.nn.Module:
+    """fully_shard each decoder layer, then the root, over all ranks (FSDP2).
+
+    The parameters keep the dtype they were loaded in (fp32: the master weights the optimiser updates). With a
+    lower compute_dtype, FSDP2's MixedPrecisionPolicy casts them for forward and backward and reduces gradients
+    in fp32, as veRL and torchtitan do; pure bf16 weights would lose small AdamW updates to rounding. One rank
+    in fp32: returns the model as is, moved to its device (FSDP over a world of 1 buys nothing)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     device = device_for(backend)
     model.to(device)
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    mixed = DTYPES[compute_dtype] != torch.float32
+    if not mixed and not _is_distributed():
         return model
+    if not dist.is_initialized():
+        raise RuntimeError(f"compute dtype {compute_dtype}: FSDP2 mixed precision needs torch.distributed initialised")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[compute_dtype], reduce_dtype=torch.float32) if mixed \
+        else MixedPrecisionPolicy()
     for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

@@ -65,19 +65,20 @@ class LearnerWorker:
         dist.init_process_group(lc.backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
         torch.manual_seed(lc.seed)  # the same on every rank: a critic head is initialised before it is sharded
         self.device = fsdp.device_for(lc.backend)
-        load = dict(dtype=lc.dtype, attn_implementation=lc.attn_implementation,
+        # fp32 master weights; learner.dtype is the compute dtype (fsdp.shard's MixedPrecisionPolicy).
+        load = dict(dtype="float32", attn_implementation=lc.attn_implementation,
                     gradient_checkpointing=lc.gradient_checkpointing)
 
-        self.policy = fsdp.shard(fsdp.load_causal_lm(model_path, **load), lc.backend).train()
+        self.policy = fsdp.shard(fsdp.load_causal_lm(model_path, **load), lc.backend, lc.dtype).train()
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
         self.pad_token_id = getattr(self.policy.config, "pad_token_id", None) or 0
         self.reference = None
         if algo.kl_coef > 0:
-            reference = fsdp.load_causal_lm(model_path, dtype=lc.dtype, attn_implementation=lc.attn_implementation)
-            self.reference = fsdp.shard(reference.requires_grad_(False), lc.backend).eval()
+            reference = fsdp.load_causal_lm(model_path, attn_implementation=lc.attn_implementation)
+            self.reference = fsdp.shard(reference.requires_grad_(False), lc.backend, lc.dtype).eval()
         self.critic = self.critic_optimizer = None
         if algo.name == "ppo":
-            self.critic = fsdp.shard(fsdp.load_value_model(model_path, **load), lc.backend).train()
+            self.critic = fsdp.shard(fsdp.load_value_model(model_path, **load), lc.backend, lc.dtype).train()
             self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=algo.critic_lr,
                                                       weight_decay=algo.weight_decay)
         self.updates = 0
@@ -266,7 +267,8 @@ class LearnerWorker:
         from orchestra_rl.rollout.engine import export_weights
 
         state = fsdp.full_state_dict(self.policy)
-        return export_weights(state, path) if self.rank == 0 else 0
+        # In the rollout engine's dtype: fp32 master weights would double the bytes moved for a bf16 engine.
+        return export_weights(state, path, self.cfg.model.dtype) if self.rank == 0 else 0
 
     def save_checkpoint(self, directory: str) -> None:
         """<directory>/policy: an HF model dir; <directory>/learner: optimiser states (unsharded, keyed by name, so

@@ -34,13 +34,12 @@ from orchestra_rl.types import Task, Trajectory
 MAX_ATTEMPTS_PER_DEMO = 4
 
 
-def tools_runtime_config(cfg: Config) -> Config:
-    """cfg for a Runtime that starts the world, the experts (without latency) and the tool executors, but no
-    rollout worker: the scripted policy needs no inference engine."""
-    tools_only = copy.deepcopy(cfg)
-    tools_only.rollout.num_workers = 0
-    tools_only.serve.latency_scale = 0.0
-    return tools_only
+def tools_runtime(cfg: Config, model_path: str | None = None) -> Runtime:
+    """A Runtime with the world, the experts (without latency) and the tool executors, but no rollout worker:
+    the scripted policy needs no inference engine."""
+    no_latency = copy.deepcopy(cfg)
+    no_latency.serve.latency_scale = 0.0
+    return Runtime(no_latency, model_path, rollout_workers=False)
 
 
 def interleave_families(tasks: list[Task]) -> list[Task]:

@@ -31,8 +31,8 @@ import ray
 from orchestra_rl.config import Config
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.models.tiny import resolve_model_path
-from orchestra_rl.runtime import Runtime, init_ray
-from orchestra_rl.sft.demos import demo_mix, generate_demos, tools_runtime_config
+from orchestra_rl.runtime import init_ray
+from orchestra_rl.sft.demos import demo_mix, generate_demos, tools_runtime
 
 CHECKPOINT_DIR = "checkpoint"  # under sft.output_dir: the HF model directory
 DEMOS_FILE = "demos.jsonl"
@@ -47,7 +47,7 @@ def run_sft(cfg: Config) -> str:
     try:
         model_path = resolve_model_path(cfg.model)
         start = time.perf_counter()
-        with Runtime(tools_runtime_config(cfg), model_path) as runtime:
+        with tools_runtime(cfg, model_path) as runtime:
             demos = generate_demos(cfg, runtime, cfg.sft.num_demos, out_path=out_dir / DEMOS_FILE)
             mix = demo_mix(demos, load_tasks(runtime.world_dir, "train"), _answer_tool(cfg))
         print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
@@ -148,8 +148,9 @@ def sft_worker_loop(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config["seed"])
     device = device_for(config["backend"])
-    model = shard(load_causal_lm(config["model_path"], config["dtype"], config["attn_implementation"],
-                                 config["gradient_checkpointing"]), config["backend"])
+    # fp32 master weights, config["dtype"] for compute (FSDP2 mixed precision), as in the RL learners.
+    model = shard(load_causal_lm(config["model_path"], "float32", config["attn_implementation"],
+                                 config["gradient_checkpointing"]), config["backend"], config["dtype"])
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
     samples, batch_size = config["samples"], config["batch_size"]

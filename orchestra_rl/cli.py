@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data", help="the task world")
     data.add_argument("action", choices=["build", "strategies"])
     data.add_argument("overrides", nargs="*")
+    report = sub.add_parser("report", help="compare train runs side by side (their train_report.json)")
+    report.add_argument("paths", nargs="+", help="train_report.json files or folders holding them (multirun/...)")
     sandbox = sub.add_parser("sandbox", help="run one Python snippet in the sandbox; prints the JSON result")
     sandbox.add_argument("-c", dest="code", required=True, help="the code to run")
     args = parser.parse_args(argv)
@@ -87,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         from orchestra_rl.tools.sandbox import sandbox_main
 
         return sandbox_main(args.code)
+    if args.command == "report":
+        from orchestra_rl.eval.report import load_train_reports, print_runs
+
+        try:
+            runs = load_train_reports(args.paths)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"report: {e}", file=sys.stderr)
+            return 2
+        print_runs(runs)
+        return 0
     if getattr(args, "multirun", False):
         _config([o for o in args.overrides if "," not in o])  # a bad fixed override fails fast, in one line
         return _multirun(args.command, args.overrides)

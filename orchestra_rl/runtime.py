@@ -40,8 +40,9 @@ def init_ray(cfg: Config) -> bool:
     # Locally, actors are mostly waiting on I/O or each other: schedule by logical CPUs, at least 4.
     num_cpus = c.num_cpus if c.num_cpus is not None else max(4, os.cpu_count() or 1)
     # Actor output goes to Ray's session logs (/tmp/ray/session_latest/logs), not over the progress bar;
-    # actor errors still reach the driver as exceptions.
-    ray.init(num_cpus=num_cpus, num_gpus=c.num_gpus, namespace=c.namespace, include_dashboard=False,
+    # actor errors still reach the driver as exceptions. address="local": a new instance even when a cluster
+    # from `ray start` runs on this machine (ray.init() with no address would attach to it).
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=c.num_gpus, namespace=c.namespace, include_dashboard=False,
              runtime_env={"env_vars": ACTOR_ENV}, logging_level=logging.WARNING, log_to_driver=c.log_to_driver)
     return True
 

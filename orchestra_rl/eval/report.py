@@ -71,3 +71,50 @@ def print_comparison(before: dict[str, Any], after: dict[str, Any], console: Con
                       f"{b['accuracy']:.3f} → {a['accuracy']:.3f}", f"{b['cost_usd']:.6f} → {a['cost_usd']:.6f}",
                       f"{b['latency_s']:.2f} → {a['latency_s']:.2f}", _mix(a["tool_calls_per_trajectory"]))
     (console or Console(width=160)).print(table)
+
+
+def load_train_reports(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """train_report.json files (or folders searched for them, e.g. a Hydra multirun folder), labelled by the
+    Hydra overrides of their job (`.hydra/overrides.yaml` beside `train/`) minus those every run shares, else by
+    their folder."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        found = sorted(p.rglob("train_report.json")) if p.is_dir() else [p]
+        if not found or not all(f.is_file() for f in found):
+            raise FileNotFoundError(f"{p}: no train_report.json there")
+        files += found
+    overrides = {}
+    for f in files:
+        hydra_file = f.parent.parent / ".hydra" / "overrides.yaml"
+        overrides[f] = yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else []
+    swept = [set(o) for o in overrides.values() if o]
+    shared = set.intersection(*swept) if len(swept) > 1 else set()
+    runs = {}
+    for f in files:
+        label = " ".join(o for o in overrides[f] if o not in shared) or str(f.parent)
+        runs[label] = json.loads(f.read_text())
+    return runs
+
+
+def print_runs(runs: dict[str, dict[str, Any]], console: Console | None = None) -> None:
+    """The after-training evaluation of several runs side by side, per family (e.g. a sweep over reward weights):
+    accuracy, $ cost per trajectory and per correct answer, tool mix."""
+    table = Table(title="after training, per run")
+    for col in ("family", "run", "reward", "accuracy", "$ cost", "$ / correct", "tool calls / trajectory"):
+        table.add_column(col, justify="left" if col in ("family", "run", "tool calls / trajectory") else "right")
+    families = sorted({f for r in runs.values() for f in r["after"]["families"]})
+    for family in [*families, "all"]:
+        for i, (label, report) in enumerate(runs.items()):
+            s = report["after"]["overall"] if family == "all" else report["after"]["families"].get(family)
+            if s is None:
+                continue
+            per_correct = f"{s['cost_usd'] / s['accuracy']:.6f}" if s["accuracy"] else "-"
+            table.add_row(family if i == 0 else "", label, f"{s.get('reward', 0):.3f}", f"{s['accuracy']:.3f}",
+                          f"{s['cost_usd']:.6f}", per_correct, _mix(s["tool_calls_per_trajectory"]),
+                          end_section=i == len(runs) - 1)
+    (console or Console(width=160)).print(table)

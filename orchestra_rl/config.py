@@ -258,7 +258,8 @@ class SFTConfig:
 
     enabled: bool = True
     num_demos: int = 512
-    epochs: int = 3
+    only_correct: bool = False  # keep only demonstrations whose final answer is right (see sft/demos.py)
+    epochs: int = 8  # 3 taught the format but not yet the family-dependent tool choice (docs/benchmarks.md)
     lr: float = 3e-3
     batch_size: int = 4
     num_workers: int = 2
@@ -271,7 +272,7 @@ class TrainConfig:
     tasks_per_step: int = 8  # × rollout.group_size trajectories per step
     save_every: int = 10
     eval_every: int = 0  # 0: evaluate only before and after training
-    eval_max_tasks: int = 32
+    eval_max_tasks: int = 0  # 0: the whole test split (64 tasks x group_size rollouts)
     resume: bool = False
     output_dir: str = "outputs/train"
     wandb_project: str = "orchestra_rl"

@@ -66,6 +66,7 @@ class Runtime:
         self.tool_context = ToolContext(world_dir=str(self.world_dir), experts_base_url=self.experts_url)
         self.executors = [make_executor(cfg.tools, self.tool_context) for _ in range(cfg.tools.num_executors)]
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
+        self.tool_names: list[str] = [s["function"]["name"] for s in self.tool_schemas]
         final_tools = sorted(final_tool_names(cfg))
         self.workers = [make_rollout_worker(cfg, self.model_path, self.executors, self.tool_schemas, final_tools)
                         for _ in range(cfg.rollout.num_workers if rollout_workers else 0)]

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from orchestra_rl.tracking import Tracker
 from orchestra_rl.types import Task, Trajectory
 
 
-def rollout_metrics(scored: list[Trajectory]) -> dict[str, float]:
+def rollout_metrics(scored: list[Trajectory], tool_names: list[str]) -> dict[str, float]:
     n = len(scored)
     metrics = {
         "rollout/reward": sum(t.reward for t in scored) / n,
@@ -41,8 +42,9 @@ def rollout_metrics(scored: list[Trajectory]) -> dict[str, float]:
         "rollout/parse_errors": sum(1 for t in scored for turn in t.turns if turn.parse_error) / n,
     }
     metrics |= {f"reward/{k}": v for k, v in reward_summary(scored).items()}
-    for name in sorted({c.name for t in scored for c in t.tool_calls}):
-        metrics[f"tools/{name}"] = sum(t.tool_counts().get(name, 0) for t in scored) / n
+    counts = [t.tool_counts(tool_names) for t in scored]
+    for name in sorted({name for c in counts for name in c}):
+        metrics[f"tools/{name}"] = sum(c.get(name, 0) for c in counts) / n
     return metrics
 
 
@@ -71,11 +73,24 @@ def warm_start(cfg: Config, run_dir: Path) -> tuple[str, dict[str, Any] | None]:
     return resolve_model_path(cfg.model), None
 
 
+def clear_previous_run(run_dir: Path) -> None:
+    """A fresh run owns its folder: an earlier run's steps and checkpoints there would be mixed into its log and
+    picked up by a later resume."""
+    old = [p for p in (run_dir / "steps.jsonl", run_dir / "checkpoints") if p.exists()]
+    if old:
+        print(f"fresh run (train.resume=false): removing the previous run's {' and '.join(p.name for p in old)} "
+              f"in {run_dir}")
+    (run_dir / "steps.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
 def train(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.train.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started_ray = init_ray(cfg)
     model_path, state = warm_start(cfg, run_dir)
+    if state is None:
+        clear_previous_run(run_dir)
     tracker = Tracker(cfg, str(run_dir), resume_id=state["wandb_id"] if state else None)
     try:
         with Runtime(cfg, model_path) as runtime:
@@ -100,7 +115,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 update = learners.update(samples) if samples else {}
                 t2 = time.perf_counter()
                 sync = learners.sync_weights(runtime.workers)
-                metrics = rollout_metrics(scored) | sample_stats | {f"learner/{k}": v for k, v in update.items()}
+                metrics = rollout_metrics(scored, runtime.tool_names) | sample_stats
+                metrics |= {f"learner/{k}": v for k, v in update.items()}
                 metrics |= {"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "sync/seconds": sync["seconds"],
                             "sync/bytes": sync["bytes"],
                             "perf/rollout_tokens_per_s": sum(len(t.token_ids) for t in scored) / (t1 - t0)}

@@ -7,8 +7,11 @@ price and latency, and the final answer. No later stage ever calls back into an 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+UNKNOWN_TOOL = "unknown_tool"  # how summaries count a call to a tool name that is not configured
 
 
 @dataclass
@@ -115,10 +118,13 @@ class Trajectory:
     def num_policy_tokens(self) -> int:
         return sum(self.loss_mask)
 
-    def tool_counts(self) -> dict[str, int]:
+    def tool_counts(self, known: Collection[str] | None = None) -> dict[str, int]:
+        """Calls per tool name. With `known`, a name outside it (the policy made it up) counts as UNKNOWN_TOOL,
+        so summaries and metric keys do not fill up with invented names."""
         counts: dict[str, int] = {}
         for c in self.tool_calls:
-            counts[c.name] = counts.get(c.name, 0) + 1
+            name = c.name if known is None or c.name in known else UNKNOWN_TOOL
+            counts[name] = counts.get(name, 0) + 1
         return counts
 
     def to_dict(self) -> dict[str, Any]:

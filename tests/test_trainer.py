@@ -56,6 +56,11 @@ def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_
     assert [s["task_ids"] for s in logged] == expected
     assert json.loads((run_dir / "checkpoints" / "step_000003" / "trainer_state.json").read_text())["step"] == 3
 
+    # A fresh run in the same folder starts its own log and checkpoints (a later resume must not find step 3).
+    train(cache_dir, run_dir, "train.steps=1", "algo=grpo")
+    assert [s["step"] for s in steps(run_dir)] == [1]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000001"]
+
 
 def _stream(cache_dir: str, n_steps: int):
     from orchestra_rl.config import load_config

@@ -1,7 +1,7 @@
 import pytest
 
 from orchestra_rl.tools.base import Pricing
-from orchestra_rl.types import ToolCallRecord, ToolResult, Trajectory, Turn
+from orchestra_rl.types import UNKNOWN_TOOL, ToolCallRecord, ToolResult, Trajectory, Turn
 
 
 def record(turn: int, name: str, cost: float, latency: float, error: str | None = None) -> ToolCallRecord:
@@ -28,4 +28,6 @@ def test_trajectory_cost_latency_and_tool_counts():
     # Calls of one turn run concurrently: the turn costs its slowest call.
     assert t.latency_s == pytest.approx(2.0 + 0.5)
     assert t.tool_counts() == {"search": 1, "large_generalist": 1, "python": 1}
+    # A name the policy made up is counted under one key when the configured names are given.
+    assert t.tool_counts(known=["search", "python"]) == {"search": 1, UNKNOWN_TOOL: 1, "python": 1}
     assert t.num_policy_tokens == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from statistics import fmean
 from typing import Any
 
@@ -13,9 +14,12 @@ from orchestra_rl.data.world import is_correct
 from orchestra_rl.types import Task, Trajectory
 
 
-def _summary(trajectories: list[Trajectory], gold: dict[str, str]) -> dict[str, Any]:
+def _summary(trajectories: list[Trajectory], gold: dict[str, str],
+             tool_names: Collection[str] | None) -> dict[str, Any]:
     n = len(trajectories)
-    calls = Counter(name for t in trajectories for name in (c.name for c in t.tool_calls))
+    calls = Counter()
+    for t in trajectories:
+        calls.update(t.tool_counts(tool_names))
     return {
         "trajectories": n,
         "accuracy": fmean(is_correct(t.final_answer, gold[t.task_id]) for t in trajectories),
@@ -30,15 +34,17 @@ def _summary(trajectories: list[Trajectory], gold: dict[str, str]) -> dict[str, 
     }
 
 
-def summarize(trajectories: list[Trajectory], tasks: list[Task]) -> dict[str, Any]:
-    """Overall and per-family metrics. Outcome is exact match after normalisation (the world's verifier)."""
+def summarize(trajectories: list[Trajectory], tasks: list[Task],
+              tool_names: Collection[str] | None = None) -> dict[str, Any]:
+    """Overall and per-family metrics. Outcome is exact match after normalisation (the world's verifier). Calls to
+    names outside `tool_names` (if given) count as UNKNOWN_TOOL."""
     if not trajectories:
         raise ValueError("no trajectories to summarize")
     gold = {t.task_id: t.answer for t in tasks}
     families = sorted({t.family for t in trajectories})
     return {
-        "overall": _summary(trajectories, gold),
-        "families": {f: _summary([t for t in trajectories if t.family == f], gold) for f in families},
+        "overall": _summary(trajectories, gold, tool_names),
+        "families": {f: _summary([t for t in trajectories if t.family == f], gold, tool_names) for f in families},
     }
 
 

@@ -35,7 +35,7 @@ def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, desc
             bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
 
         trajectories = runtime.rollout(tasks, group_size, on_done=on_done)
-    return summarize(trajectories, tasks), trajectories
+    return summarize(trajectories, tasks, runtime.tool_names), trajectories
 
 
 def run_eval(cfg: Config) -> dict[str, Any]:

@@ -7,7 +7,7 @@ switched off: it shapes no demonstration.
 Kept: demonstrations that end with an answer call (every scripted turn is a well-formed call). By default a
 wrong final answer is kept too (an expert's wrong answer, faithfully copied, is still the behaviour to
 imitate, and dropping it would tilt the tool mix toward accurate tools: routing is RL's job);
-`only_correct=True` keeps only correct ones, filling the quota with further group indices.
+`sft.only_correct=true` keeps only correct ones, filling the quota with further group indices.
 """
 
 from __future__ import annotations

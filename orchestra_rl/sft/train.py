@@ -48,7 +48,8 @@ def run_sft(cfg: Config) -> str:
         model_path = resolve_model_path(cfg.model)
         start = time.perf_counter()
         with tools_runtime(cfg, model_path) as runtime:
-            demos = generate_demos(cfg, runtime, cfg.sft.num_demos, out_path=out_dir / DEMOS_FILE)
+            demos = generate_demos(cfg, runtime, cfg.sft.num_demos, cfg.sft.only_correct,
+                                   out_path=out_dir / DEMOS_FILE)
             mix = demo_mix(demos, load_tasks(runtime.world_dir, "train"), _answer_tool(cfg))
         print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
         for family, m in mix.items():

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Submit an orchestra-rl command to a running Ray cluster as a Ray job.
 #   RAY_ADDRESS=http://HEAD:8265 bash launch/submit.sh train model=qwen3_8b rollout=gpu cluster=gpu_node
-# Ray 2.60 clusters started with `ray start --head` have token authentication on: the client sends the token
-# from ~/.ray/auth_token (copy it from the head node) or $RAY_AUTH_TOKEN. See docs/cluster.md.
+# The cluster runs with token authentication (docs/cluster.md): the client sends the head's token from
+# ~/.ray/auth_token (copy it from the head node), $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAY_ADDRESS:=http://127.0.0.1:8265}"

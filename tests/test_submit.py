@@ -4,6 +4,7 @@
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,11 +21,17 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ray_head():
+def ray_head(monkeypatch):
     """A head node of its own: own ports, own temp dir (so /tmp/ray/ray_current_cluster, which a bare ray.init()
-    would join, is not touched), stopped through its own process group — never `ray stop`, which would stop
+    would join, is not touched), own auth token, stopped by its process id — never `ray stop`, which would stop
     every Ray on the machine."""
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
+    # Token auth on, with a token of this test's (Ray's own format: 32 random bytes in hex), not ~/.ray/auth_token.
+    # Without RAY_AUTH_MODE=token and with no token anywhere, `ray start` would run without authentication.
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     dashboard = free_port()
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -34,20 +41,27 @@ def ray_head():
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
-        while subprocess.run(["ray", "job", "list", "--address", address], capture_output=True,
-                             env={**os.environ, "RAY_AUTH_MODE": "token"}).returncode != 0:
+        while subprocess.run(["ray", "job", "list", "--address", address], capture_output=True).returncode != 0:
             assert head.poll() is None, f"ray start exited: {head.stdout.read()[-3000:]}"
             assert time.monotonic() < deadline, "the head's job server did not come up in 120 s"
             time.sleep(2)
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
+        head.terminate()  # `ray start --block` drains the node and stops the processes it started
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_cluster_refuses_a_client_with_another_token(ray_head, tmp_path):
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    proc = subprocess.run(["ray", "job", "list", "--address", ray_head], capture_output=True, text=True,
+                          env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(wrong)})
+    assert proc.returncode != 0
 
 
 def test_submitted_eval_job_runs_on_the_cluster(ray_head, cache_dir, tmp_path):

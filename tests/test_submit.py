@@ -40,10 +40,16 @@ def ray_head(monkeypatch):
                             start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120
-        while subprocess.run(["ray", "job", "list", "--address", address], capture_output=True).returncode != 0:
+        # Ready when a trivial job runs: the job server answers before its agent registers ("No available agent
+        # to submit job, please try again later").
+        deadline = time.monotonic() + 180
+        while True:
+            probe = subprocess.run(["ray", "job", "submit", "--address", address, "--", "python", "-c",
+                                    "print('ready')"], capture_output=True, text=True)
+            if probe.returncode == 0 and "ready" in probe.stdout:
+                break
             assert head.poll() is None, f"ray start exited: {head.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "the head's job server did not come up in 120 s"
+            assert time.monotonic() < deadline, f"no job ran on the head in 180 s: {probe.stderr[-2000:]}"
             time.sleep(2)
         yield address
     finally:

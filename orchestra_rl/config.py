@@ -249,6 +249,9 @@ class LearnerConfig:
     dtype: str = "float32"  # compute dtype: fp32 on CPU; bfloat16 on GPU (weights and optimiser stay fp32)
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    # Learner -> vLLM after each update (learner/weight_sync.py): file (/dev/shm, one node) | collective
+    # (broadcast from learner rank 0 over a group of its own, learner.backend: gloo on CPU, NCCL on GPU).
+    weight_sync: str = "file"
     seed: int = 0
 
 
@@ -387,6 +390,8 @@ def validate(cfg: Config) -> Config:
     _check(le.num_learners > 0, "learner.num_learners", "must be > 0")
     _check(le.backend in ("gloo", "nccl"), "learner.backend", f"must be gloo or nccl, got {le.backend!r}")
     _check(le.dtype in ("float32", "bfloat16", "float16"), "learner.dtype", f"unknown dtype {le.dtype!r}")
+    _check(le.weight_sync in ("file", "collective"), "learner.weight_sync",
+           f"must be file or collective, got {le.weight_sync!r}")
     t = cfg.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")

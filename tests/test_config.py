@@ -39,6 +39,7 @@ def test_default_config_is_valid():
     ("algo.name=dpo", "config error: algo.name: must be grpo or ppo, got 'dpo'"),
     ("algo.kl_estimator=k9", "config error: algo.kl_estimator: must be k1, k2 or k3"),
     ("learner.num_learners=0", "config error: learner.num_learners: must be > 0"),
+    ("learner.weight_sync=pigeon", "config error: learner.weight_sync: must be file or collective, got 'pigeon'"),
 ])
 def test_bad_config_is_one_line_naming_the_key(override, expected):
     assert error_line(override).startswith(expected)

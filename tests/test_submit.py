@@ -35,7 +35,10 @@ def ray_head(monkeypatch):
     dashboard = free_port()
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--num-cpus=4", "--num-gpus=0"]
+           f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--num-cpus=4", "--num-gpus=0",
+           # Its own agent port too: the default (52365) is taken whenever another Ray runs here (the other
+           # tests' embedded Ray), and a head without its agent accepts no job.
+           f"--dashboard-agent-listen-port={free_port()}"]
     head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"

@@ -72,8 +72,10 @@ def _stream(cache_dir: str, n_steps: int):
 
 
 def test_ppo_train_runs_with_a_critic(cache_dir, tmp_path):
+    """Also the collective weight sync in the driver loop (group formed at the first sync)."""
     run_dir = tmp_path / "ppo"
-    train(cache_dir, run_dir, "train.steps=1", "algo=ppo", "reward=absolute")
+    train(cache_dir, run_dir, "train.steps=1", "algo=ppo", "reward=absolute", "learner.weight_sync=collective")
     (logged,) = steps(run_dir)
     assert "learner/value_loss" in logged and logged["learner/tokens"] > 0
+    assert logged["sync/bytes"] > 1e6  # the whole fp32 policy went through the broadcast
     assert (run_dir / "checkpoints" / "step_000001" / "learner" / "critic.safetensors").exists()

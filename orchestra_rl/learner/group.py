@@ -9,7 +9,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestra_rl.config import Config
 from orchestra_rl.learner.batching import split_across_ranks
-from orchestra_rl.learner.weight_sync import sync_through_file
+from orchestra_rl.learner.weight_sync import sync_through_file, sync_through_group
 from orchestra_rl.learner.worker import LearnerWorker
 from orchestra_rl.types import TrainSample
 
@@ -51,10 +51,10 @@ class LearnerGroup:
             self.shutdown()
             raise RuntimeError(f"could not place {lc.num_learners} learners of {bundle} each within "
                                f"{PLACEMENT_TIMEOUT_S} s; free resources: {ray.available_resources()}")
-        single_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
-        addr, port = ray.get(master_address.options(
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=0),
-        ).remote(single_node))
+        self.single_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
+        self.synced_engines: list = []  # rollout workers in the weight-sync group ("collective")
+        self.sync_metadata: list = []
+        addr, port = self._rank0_address()
         self.workers = [
             ray.remote(LearnerWorker).options(
                 num_cpus=lc.num_cpus_per_learner, num_gpus=lc.num_gpus_per_learner,
@@ -67,6 +67,11 @@ class LearnerGroup:
         except Exception:
             self.shutdown()
             raise
+
+    def _rank0_address(self) -> tuple[str, int]:
+        return ray.get(master_address.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=0),
+        ).remote(self.single_node))
 
     def _split(self, samples: list[TrainSample]) -> list[list[int]]:
         return split_across_ranks(samples, self.num_learners)
@@ -92,8 +97,27 @@ class LearnerGroup:
         return gather([w.state_dict_for_sync.remote(path) for w in self.workers])[0]
 
     def sync_weights(self, rollout_workers: list) -> dict[str, float]:
-        """Push the current policy into every rollout worker's engine (weight_sync.py). Returns bytes and seconds."""
-        return sync_through_file(self.export_weights, rollout_workers)
+        """Push the current policy into every rollout worker's engine (weight_sync.py, learner.weight_sync).
+        Returns bytes and seconds."""
+        if self.cfg.learner.weight_sync == "file":
+            return sync_through_file(self.export_weights, rollout_workers)
+        if self.synced_engines != list(rollout_workers):
+            self._form_sync_group(rollout_workers)
+        return sync_through_group(
+            broadcast=lambda: gather([w.broadcast_weights.remote() for w in self.workers])[0],
+            receive=lambda: [w.receive_weights.remote(self.sync_metadata) for w in rollout_workers])
+
+    def _form_sync_group(self, rollout_workers: list) -> None:
+        """Learner rank 0 is rank 0 of the weight-sync group, rollout worker i its rank i + 1. Once per set of
+        engines: all members must join at the same time."""
+        if self.synced_engines:
+            raise RuntimeError("the weight-sync group is formed once per LearnerGroup; the rollout workers changed")
+        host, port = self._rank0_address()
+        world, backend = 1 + len(rollout_workers), self.cfg.learner.backend
+        joins = [w.init_weight_sync.remote(host, port, i + 1, world, backend) for i, w in enumerate(rollout_workers)]
+        self.sync_metadata = gather([w.init_weight_sync.remote(host, port, world) for w in self.workers])[0]
+        ray.get(joins)
+        self.synced_engines = list(rollout_workers)
 
     def save_checkpoint(self, directory: str) -> None:
         gather([w.save_checkpoint.remote(directory) for w in self.workers])

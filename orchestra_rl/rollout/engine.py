@@ -42,6 +42,29 @@ class WeightReloadExtension:
         self.model_runner.reload_weights(weights_iterator=list(tensors.items()))  # type: ignore[attr-defined]
         return len(tensors)
 
+    def init_weight_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
+        """Join the learner's weight-sync group (learner/weight_sync.py, "collective")."""
+        from orchestra_rl.learner.weight_sync import stateless_group
+
+        self._weight_sync = stateless_group(host, port, rank, world_size, backend)
+        self._weight_sync_device = "cuda" if backend == "nccl" else "cpu"
+        return True
+
+    def receive_weights(self, metadata: list[tuple[str, list[int], str]]) -> int:
+        """Receive the tensors rank 0 broadcasts, in `metadata` order (name, shape, dtype), and load them."""
+        import torch
+
+        from orchestra_rl.learner.weight_sync import broadcast_from_rank0
+
+        group, _ = self._weight_sync
+        tensors = []
+        for name, shape, dtype in metadata:
+            buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self._weight_sync_device)
+            broadcast_from_rank0(group, buffer)
+            tensors.append((name, buffer))
+        self.model_runner.reload_weights(weights_iterator=tensors)  # type: ignore[attr-defined]
+        return len(tensors)
+
 
 @dataclass
 class Generation:
@@ -127,6 +150,15 @@ class PolicyEngine:
     async def load_weights(self, path: str) -> int:
         """Swap in new policy weights from a safetensors file; cached prefixes of the old weights are dropped."""
         counts = await self.engine.collective_rpc("reload_weights_from_file", args=(path,))
+        await self.engine.reset_prefix_cache()
+        return int(counts[0])
+
+    async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        await self.engine.collective_rpc("init_weight_sync_group", args=(host, port, rank, world_size, backend))
+
+    async def receive_weights(self, metadata: list[tuple[str, list[int], str]]) -> int:
+        """Swap in new policy weights broadcast by the learner; cached prefixes of the old weights are dropped."""
+        counts = await self.engine.collective_rpc("receive_weights", args=(metadata,))
         await self.engine.reset_prefix_cache()
         return int(counts[0])
 

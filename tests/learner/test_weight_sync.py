@@ -1,6 +1,7 @@
 """Weight sync through the real system: a LearnerGroup (2 ranks, gloo, FSDP2) trains, syncs into a RolloutWorker's
 vLLM engine, and the engine then scores tokens exactly as the learner does; a checkpoint loads in transformers."""
 
+import copy
 import glob
 
 import pytest
@@ -30,16 +31,21 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
-def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path):
+@pytest.mark.parametrize("weight_sync", ["file", "collective"])
+def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_sync):
+    """Both paths: the /dev/shm file, and the broadcast over a gloo group of learner rank 0 + the engine."""
+    cfg = copy.deepcopy(runtime.cfg)
+    cfg.learner.weight_sync = weight_sync
     tokenizer = AutoTokenizer.from_pretrained(runtime.model_path)
     prompt = tokenizer.encode("<|im_start|>user\nWhat is the population of the country?<|im_end|>\n"
                               "<|im_start|>assistant\n")
     sequence = prompt + tokenizer.encode('<tool_call>\n{"name": "search", "arguments": {"query": "population"}}'
                                          "\n</tool_call><|im_end|>")
     worker = runtime.workers[0]
-    group = LearnerGroup(runtime.cfg, runtime.model_path)
+    group = LearnerGroup(cfg, runtime.model_path)
     try:
         probe = TrainSample(sequence, [0] * len(prompt) + [1] * (len(sequence) - len(prompt)), [0.0] * len(sequence))
+        group.sync_weights(runtime.workers)  # the engine may hold an earlier test's weights; collective: forms the group
         learner_before = group.logprobs([probe])[0]
         engine_before = ray.get(worker.prompt_logprobs.remote(sequence))
         # Same weights, same alignment: the learner's position i is the engine's prompt logprob i - 1.
@@ -59,11 +65,11 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path):
 
         shm_before = set(glob.glob("/dev/shm/orchestra_rl-*"))
         sync = group.sync_weights(runtime.workers)
-        assert set(glob.glob("/dev/shm/orchestra_rl-*")) <= shm_before  # the weights file is gone
+        assert set(glob.glob("/dev/shm/orchestra_rl-*")) <= shm_before  # no weights file left (or ever, collective)
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(runtime.model_path).parameters())
         # fp32, with the tied lm_head written as its own copy for vLLM's CPU runner.
         assert sync["bytes"] >= 4 * n_params and sync["seconds"] > 0
-        print(f"\nsync: {sync['bytes'] / 1e6:.2f} MB in {sync['seconds'] * 1e3:.0f} ms "
+        print(f"\nsync ({weight_sync}): {sync['bytes'] / 1e6:.2f} MB in {sync['seconds'] * 1e3:.0f} ms "
               f"(export {sync['export_seconds'] * 1e3:.0f} ms, load {sync['load_seconds'] * 1e3:.0f} ms); "
               f"update: {metrics['step_time_s'] * 1e3:.0f} ms for {metrics['tokens']:.0f} policy tokens")
 
@@ -73,6 +79,9 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path):
         # A stale engine would still report the old scores: the change is far above the tolerance.
         assert max_diff(engine_after, engine_before) > 0.05
         assert sum(engine_after[len(prompt) - 1:]) > sum(engine_before[len(prompt) - 1:])  # the probe went up
+        # A second sync (collective: over the group formed by the first) sends the same and changes nothing.
+        assert group.sync_weights(runtime.workers)["bytes"] == sync["bytes"]
+        assert max_diff(ray.get(worker.prompt_logprobs.remote(sequence)), engine_after) < 1e-6
 
         # A checkpoint is an HF model directory: transformers loads it and scores the same.
         ckpt = tmp_path / "ckpt"

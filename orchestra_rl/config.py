@@ -392,6 +392,8 @@ def validate(cfg: Config) -> Config:
     _check(le.dtype in ("float32", "bfloat16", "float16"), "learner.dtype", f"unknown dtype {le.dtype!r}")
     _check(le.weight_sync in ("file", "collective"), "learner.weight_sync",
            f"must be file or collective, got {le.weight_sync!r}")
+    _check(le.weight_sync != "collective" or cfg.rollout.engine.tensor_parallel_size == 1, "learner.weight_sync",
+           "collective joins one process per engine: needs rollout.engine.tensor_parallel_size=1 (or use file)")
     t = cfg.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")

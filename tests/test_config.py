@@ -40,9 +40,11 @@ def test_default_config_is_valid():
     ("algo.kl_estimator=k9", "config error: algo.kl_estimator: must be k1, k2 or k3"),
     ("learner.num_learners=0", "config error: learner.num_learners: must be > 0"),
     ("learner.weight_sync=pigeon", "config error: learner.weight_sync: must be file or collective, got 'pigeon'"),
+    ("learner.weight_sync=collective rollout.engine.tensor_parallel_size=2",
+     "config error: learner.weight_sync: collective joins one process per engine"),
 ])
 def test_bad_config_is_one_line_naming_the_key(override, expected):
-    assert error_line(override).startswith(expected)
+    assert error_line(*override.split()).startswith(expected)
 
 
 def test_config_error_carries_key_and_problem():

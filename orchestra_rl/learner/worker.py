@@ -267,36 +267,35 @@ class LearnerWorker:
         from orchestra_rl.rollout.engine import export_weights
 
         state = fsdp.full_state_dict(self.policy)
-        # In the rollout engine's dtype: fp32 master weights would double the bytes moved for a bf16 engine.
         return export_weights(state, path, self.cfg.model.dtype) if self.rank == 0 else 0
 
     def init_weight_sync(self, host: str, port: int, world_size: int) -> list[tuple[str, list[int], str]] | None:
         """Gather the policy (collective); rank 0 joins the weight-sync group as its rank 0 and returns what each
         sync will send, in order: (name, shape, dtype). Other ranks return None."""
         from orchestra_rl.learner.weight_sync import stateless_group
+        from orchestra_rl.rollout.engine import engine_tensors
 
         state = fsdp.full_state_dict(self.policy)
         if self.rank != 0:
             return None
         self.weight_sync_group = stateless_group(host, port, 0, world_size, self.cfg.learner.backend)
-        self.sync_metadata = [(name, list(t.shape), self._sync_dtype(t)) for name, t in state.items()]
+        self.sync_metadata = [(name, list(t.shape), str(t.dtype).removeprefix("torch."))
+                              for name, t in engine_tensors(state, self.cfg.model.dtype).items()]
         return self.sync_metadata
-
-    def _sync_dtype(self, tensor: torch.Tensor) -> str:
-        # The rollout engine's dtype: fp32 master weights would double the bytes sent to a bf16 engine.
-        return self.cfg.model.dtype if tensor.is_floating_point() else str(tensor.dtype).removeprefix("torch.")
 
     def broadcast_weights(self) -> int:
         """Gather the policy (collective); rank 0 broadcasts it to the engines. Returns bytes sent (0 elsewhere)."""
         from orchestra_rl.learner.weight_sync import broadcast_from_rank0
+        from orchestra_rl.rollout.engine import engine_tensors
 
         state = fsdp.full_state_dict(self.policy)
         if self.rank != 0:
             return 0
         group, _ = self.weight_sync_group
+        tensors = engine_tensors(state, self.cfg.model.dtype)
         nbytes = 0
-        for name, _, dtype in self.sync_metadata:
-            tensor = state[name].to(device=self.device, dtype=getattr(torch, dtype)).contiguous()
+        for name, _, _ in self.sync_metadata:
+            tensor = tensors[name].to(self.device)
             broadcast_from_rank0(group, tensor)
             nbytes += tensor.numel() * tensor.element_size()
         return nbytes

@@ -14,19 +14,22 @@ from dataclasses import dataclass
 from orchestra_rl.config import EngineConfig
 
 
-def export_weights(state_dict: dict, path: str, dtype: str | None = None) -> int:
-    """Write policy weights (cast to `dtype`, e.g. "bfloat16", if given) where a worker extension can read them;
-    returns bytes written.
-
-    A tied lm_head is written as its own copy: vLLM's CPU runner keeps a separate lm_head tensor, which a
-    reload of embed_tokens alone would leave stale.
-    """
+def engine_tensors(state_dict: dict, dtype: str | None = None) -> dict:
+    """The policy weights as an engine loads them: on CPU, floating tensors cast to `dtype` (the engine's, e.g.
+    "bfloat16": fp32 master weights would double the bytes moved). A tied lm_head stays its own entry: vLLM's CPU
+    runner keeps a separate lm_head tensor, which a reload of embed_tokens alone would leave stale."""
     import torch
-    from safetensors.torch import save_file
 
     cast = getattr(torch, dtype) if dtype else None
-    tensors = {k: v.detach().to("cpu", dtype=cast if v.is_floating_point() else None).contiguous().clone()
-               for k, v in state_dict.items()}
+    return {k: v.detach().to("cpu", dtype=cast if v.is_floating_point() else None).contiguous().clone()
+            for k, v in state_dict.items()}
+
+
+def export_weights(state_dict: dict, path: str, dtype: str | None = None) -> int:
+    """Write `engine_tensors(state_dict, dtype)` where a worker extension can read them; returns bytes written."""
+    from safetensors.torch import save_file
+
+    tensors = engine_tensors(state_dict, dtype)
     save_file(tensors, path)
     return sum(t.numel() * t.element_size() for t in tensors.values())
 

@@ -47,8 +47,6 @@ class RolloutWorker:
         return {"tensors": n, "seconds": time.perf_counter() - start}
 
     async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        if self.cfg.rollout.engine.tensor_parallel_size != 1:
-            raise NotImplementedError("collective weight sync joins one process per engine: tensor_parallel_size 1")
         await self.engine.init_weight_sync(host, port, rank, world_size, backend)
 
     async def receive_weights(self, metadata: list[tuple[str, list[int], str]]) -> dict[str, float]:

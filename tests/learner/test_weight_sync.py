@@ -69,8 +69,7 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(runtime.model_path).parameters())
         # fp32, with the tied lm_head written as its own copy for vLLM's CPU runner.
         assert sync["bytes"] >= 4 * n_params and sync["seconds"] > 0
-        print(f"\nsync ({weight_sync}): {sync['bytes'] / 1e6:.2f} MB in {sync['seconds'] * 1e3:.0f} ms "
-              f"(export {sync['export_seconds'] * 1e3:.0f} ms, load {sync['load_seconds'] * 1e3:.0f} ms); "
+        print(f"\nsync ({weight_sync}): {sync['bytes'] / 1e6:.2f} MB in {sync['seconds'] * 1e3:.0f} ms; "
               f"update: {metrics['step_time_s'] * 1e3:.0f} ms for {metrics['tokens']:.0f} policy tokens")
 
         learner_after = group.logprobs([probe])[0]

@@ -93,8 +93,8 @@ def train(cfg: Config) -> dict[str, Any]:
         clear_previous_run(run_dir)
     tracker = Tracker(cfg, str(run_dir), resume_id=state["wandb_id"] if state else None)
     try:
-        with Runtime(cfg, model_path) as runtime:
-            learners = LearnerGroup(cfg, model_path)
+        # Both stop what they started on the way out, errors included (on an attached cluster nothing else would).
+        with Runtime(cfg, model_path) as runtime, LearnerGroup(cfg, model_path) as learners:
             if state is not None:
                 learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
             reward = make_reward_actor(cfg, runtime.tool_context)
@@ -136,7 +136,6 @@ def train(cfg: Config) -> dict[str, Any]:
             after = scored_eval(runtime, reward, cfg, "eval after")
             tracker.log({f"eval/{k}": v for k, v in after["overall"].items() if isinstance(v, float)},
                         step=cfg.train.steps)
-            learners.shutdown()
     finally:
         tracker.finish()
         if started_ray:

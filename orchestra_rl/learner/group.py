@@ -125,6 +125,12 @@ class LearnerGroup:
     def load_checkpoint(self, directory: str) -> None:
         gather([w.load_checkpoint.remote(directory) for w in self.workers])
 
+    def __enter__(self) -> "LearnerGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Leave the process group, stop the actors, free their resources. Safe to call twice."""
         workers, self.workers = getattr(self, "workers", []), []

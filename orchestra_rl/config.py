@@ -249,7 +249,7 @@ class LearnerConfig:
     dtype: str = "float32"  # compute dtype: fp32 on CPU; bfloat16 on GPU (weights and optimiser stay fp32)
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
-    # Learner -> vLLM after each update (learner/weight_sync.py): file (/dev/shm, one node) | collective
+    # Learner -> vLLM after each update (orchestra_rl/weight_sync.py): file (/dev/shm, one node) | collective
     # (broadcast from learner rank 0 over a group of its own, learner.backend: gloo on CPU, NCCL on GPU).
     weight_sync: str = "file"
     seed: int = 0

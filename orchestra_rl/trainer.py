@@ -28,6 +28,7 @@ from orchestra_rl.models.tiny import resolve_model_path
 from orchestra_rl.reward.actor import make_reward_actor, summary as reward_summary
 from orchestra_rl.runtime import Runtime, init_ray
 from orchestra_rl.tracking import Tracker
+from orchestra_rl.weight_sync import WeightSync
 from orchestra_rl.types import Task, Trajectory
 
 
@@ -98,6 +99,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if state is not None:
                 learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
             reward = make_reward_actor(cfg, runtime.tool_context)
+            sync_weights = WeightSync(cfg.learner.weight_sync, learners, runtime.workers)
             sampler = TaskSampler(load_tasks(runtime.world_dir, "train"), cfg.seed,
                                   position=state["data_position"] if state else 0)
             before = scored_eval(runtime, reward, cfg, "eval before")
@@ -114,7 +116,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 samples, sample_stats = make_train_samples(scored, cfg.algo)
                 update = learners.update(samples) if samples else {}
                 t2 = time.perf_counter()
-                sync = learners.sync_weights(runtime.workers)
+                sync = sync_weights()
                 metrics = rollout_metrics(scored, runtime.tool_names) | sample_stats
                 metrics |= {f"learner/{k}": v for k, v in update.items()}
                 metrics |= {"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "sync/seconds": sync["seconds"],

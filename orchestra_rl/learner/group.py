@@ -9,7 +9,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestra_rl.config import Config
 from orchestra_rl.learner.batching import split_across_ranks
-from orchestra_rl.learner.weight_sync import sync_through_file, sync_through_group
 from orchestra_rl.learner.worker import LearnerWorker
 from orchestra_rl.types import TrainSample
 
@@ -52,9 +51,7 @@ class LearnerGroup:
             raise RuntimeError(f"could not place {lc.num_learners} learners of {bundle} each within "
                                f"{PLACEMENT_TIMEOUT_S} s; free resources: {ray.available_resources()}")
         self.single_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
-        self.synced_engines: list = []  # rollout workers in the weight-sync group ("collective")
-        self.sync_metadata: list = []
-        addr, port = self._rank0_address()
+        addr, port = self.rank0_address()
         self.workers = [
             ray.remote(LearnerWorker).options(
                 num_cpus=lc.num_cpus_per_learner, num_gpus=lc.num_gpus_per_learner,
@@ -68,7 +65,8 @@ class LearnerGroup:
             self.shutdown()
             raise
 
-    def _rank0_address(self) -> tuple[str, int]:
+    def rank0_address(self) -> tuple[str, int]:
+        """An address and a free port on rank 0's node: the rendezvous of a process group led by rank 0."""
         return ray.get(master_address.options(
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=0),
         ).remote(self.single_node))
@@ -76,11 +74,12 @@ class LearnerGroup:
     def _split(self, samples: list[TrainSample]) -> list[list[int]]:
         return split_across_ranks(samples, self.num_learners)
 
-    def update(self, samples: list[TrainSample]) -> dict[str, float]:
-        """One update on the batch (algo.epochs passes); metrics of the whole batch."""
-        shares = self._split(samples)
-        results = gather([w.update.remote([samples[i] for i in idx]) for w, idx in zip(self.workers, shares)])
-        return results[0]
+    def update(self, samples: list[TrainSample] | ray.ObjectRef) -> dict[str, float]:
+        """One update on the batch (algo.epochs passes); metrics of the whole batch. Given an object reference,
+        the ranks fetch the batch from the object store themselves (the driver never holds its tokens); each
+        trains on its share."""
+        batch = samples if isinstance(samples, ray.ObjectRef) else ray.put(samples)
+        return gather([w.update.remote(batch) for w in self.workers])[0]
 
     def logprobs(self, samples: list[TrainSample]) -> list[list[float]]:
         """The current policy's log p(token_i | <i) for every token of every sample (position 0: 0.0)."""
@@ -92,32 +91,19 @@ class LearnerGroup:
                 out[i] = row
         return out
 
-    def export_weights(self, path: str) -> int:
-        """Gather the policy and write it as safetensors to `path` (by rank 0); returns bytes written."""
-        return gather([w.state_dict_for_sync.remote(path) for w in self.workers])[0]
+    # ---- weight sync (orchestra_rl/weight_sync.py drives it) ----
 
-    def sync_weights(self, rollout_workers: list) -> dict[str, float]:
-        """Push the current policy into every rollout worker's engine (weight_sync.py, learner.weight_sync).
-        Returns bytes and seconds."""
-        if self.cfg.learner.weight_sync == "file":
-            return sync_through_file(self.export_weights, rollout_workers)
-        if self.synced_engines != list(rollout_workers):
-            self._form_sync_group(rollout_workers)
-        return sync_through_group(
-            broadcast=lambda: gather([w.broadcast_weights.remote() for w in self.workers])[0],
-            receive=lambda: [w.receive_weights.remote(self.sync_metadata) for w in rollout_workers])
+    @property
+    def backend(self) -> str:
+        return self.cfg.learner.backend
 
-    def _form_sync_group(self, rollout_workers: list) -> None:
-        """Learner rank 0 is rank 0 of the weight-sync group, rollout worker i its rank i + 1. Once per set of
-        engines: all members must join at the same time."""
-        if self.synced_engines:
-            raise RuntimeError("the weight-sync group is formed once per LearnerGroup; the rollout workers changed")
-        host, port = self._rank0_address()
-        world, backend = 1 + len(rollout_workers), self.cfg.learner.backend
-        joins = [w.init_weight_sync.remote(host, port, i + 1, world, backend) for i, w in enumerate(rollout_workers)]
-        self.sync_metadata = gather([w.init_weight_sync.remote(host, port, world) for w in self.workers])[0]
-        ray.get(joins)
-        self.synced_engines = list(rollout_workers)
+    def send_weights(self, path: str | None) -> int:
+        """Gather the policy; rank 0 writes it to `path`, or broadcasts it over the weight-sync group (None)."""
+        return gather([w.send_weights.remote(path) for w in self.workers])[0]
+
+    def join_weight_sync(self, host: str, port: int, world_size: int):
+        """Rank 0 joins the weight-sync group as its rank 0; returns the broadcast's metadata."""
+        return gather([w.join_weight_sync.remote(host, port, world_size) for w in self.workers])[0]
 
     def save_checkpoint(self, directory: str) -> None:
         gather([w.save_checkpoint.remote(directory) for w in self.workers])

@@ -23,8 +23,9 @@ import torch.distributed as dist
 from orchestra_rl.config import Config
 from orchestra_rl.learner import algorithms as algo_fns
 from orchestra_rl.learner import fsdp
-from orchestra_rl.learner.batching import MicroBatch, micro_batches, pack
+from orchestra_rl.learner.batching import MicroBatch, micro_batches, pack, split_across_ranks
 from orchestra_rl.types import TrainSample
+from orchestra_rl.weight_sync import CollectiveTransport, FileTransport, Metadata, engine_tensors
 
 POLICY_DIR = "policy"  # <checkpoint>/policy: an HF model directory (transformers, vLLM, `model.path=`)
 STATE_DIR = "learner"  # <checkpoint>/learner: optimiser states, critic, update count
@@ -230,10 +231,11 @@ class LearnerWorker:
         return dict(zip(means, self._all_reduce([metrics.values.get(k, 0.0) for k in means]))) | \
             dict(zip(maxima, self._all_reduce([metrics.values.get(k, 0.0) for k in maxima], dist.ReduceOp.MAX)))
 
-    def update(self, samples: list[TrainSample]) -> dict[str, float]:
+    def update(self, batch: list[TrainSample]) -> dict[str, float]:
         """algo.epochs passes over this rank's share of the batch, one optimiser step per pass (critic first for
         PPO). Returns metrics of the whole batch (identical on every rank), averaged over the epochs."""
         start = time.perf_counter()
+        samples = [batch[i] for i in split_across_ranks(batch, self.world_size)[self.rank]]
         batches = self._micro_batches(samples)
         tokens, sequences = self._all_reduce([sum(mb.num_tokens for mb in batches),
                                               sum(mb.num_sequences for mb in batches)])
@@ -261,44 +263,27 @@ class LearnerWorker:
 
     # ---- weights out and in ----
 
-    def state_dict_for_sync(self, path: str) -> int:
-        """Gather the policy (collective); rank 0 writes it to `path` for the rollout engines. Returns bytes
-        written (0 on other ranks)."""
-        from orchestra_rl.rollout.engine import export_weights
-
-        state = fsdp.full_state_dict(self.policy)
-        return export_weights(state, path, self.cfg.model.dtype) if self.rank == 0 else 0
-
-    def init_weight_sync(self, host: str, port: int, world_size: int) -> list[tuple[str, list[int], str]] | None:
-        """Gather the policy (collective); rank 0 joins the weight-sync group as its rank 0 and returns what each
-        sync will send, in order: (name, shape, dtype). Other ranks return None."""
-        from orchestra_rl.learner.weight_sync import stateless_group
-        from orchestra_rl.rollout.engine import engine_tensors
-
+    def join_weight_sync(self, host: str, port: int, world_size: int) -> Metadata | None:
+        """Collective transport: gather the policy (collective); rank 0 joins the weight-sync group as its rank 0
+        and returns what each sync will send, in order. Other ranks return None."""
         state = fsdp.full_state_dict(self.policy)
         if self.rank != 0:
             return None
-        self.weight_sync_group = stateless_group(host, port, 0, world_size, self.cfg.learner.backend)
-        self.sync_metadata = [(name, list(t.shape), str(t.dtype).removeprefix("torch."))
-                              for name, t in engine_tensors(state, self.cfg.model.dtype).items()]
+        tensors = engine_tensors(state, self.cfg.model.dtype)
+        self.sync_transport = CollectiveTransport(host, port, 0, world_size, self.cfg.learner.backend)
+        self.sync_metadata = CollectiveTransport.metadata(tensors)
         return self.sync_metadata
 
-    def broadcast_weights(self) -> int:
-        """Gather the policy (collective); rank 0 broadcasts it to the engines. Returns bytes sent (0 elsewhere)."""
-        from orchestra_rl.learner.weight_sync import broadcast_from_rank0
-        from orchestra_rl.rollout.engine import engine_tensors
-
+    def send_weights(self, path: str | None) -> int:
+        """Gather the policy (collective); rank 0 sends it to the engines: written to `path` (file transport), or
+        broadcast over the group of `join_weight_sync` (path None). Returns bytes sent (0 on other ranks)."""
         state = fsdp.full_state_dict(self.policy)
         if self.rank != 0:
             return 0
-        group, _ = self.weight_sync_group
         tensors = engine_tensors(state, self.cfg.model.dtype)
-        nbytes = 0
-        for name, _, _ in self.sync_metadata:
-            tensor = tensors[name].to(self.device)
-            broadcast_from_rank0(group, tensor)
-            nbytes += tensor.numel() * tensor.element_size()
-        return nbytes
+        if path is not None:
+            return FileTransport.send(tensors, path)
+        return self.sync_transport.send(tensors, self.sync_metadata)
 
     def save_checkpoint(self, directory: str) -> None:
         """<directory>/policy: an HF model dir; <directory>/learner: optimiser states (unsharded, keyed by name, so

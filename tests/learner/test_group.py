@@ -48,7 +48,7 @@ def samples(tiny_model_path) -> list[TrainSample]:
 
 
 def weights(group: LearnerGroup, path) -> dict[str, torch.Tensor]:
-    group.export_weights(str(path))
+    group.send_weights(str(path))
     return load_file(str(path))
 
 

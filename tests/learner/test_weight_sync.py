@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.runtime import Runtime
+from orchestra_rl.weight_sync import WeightSync
 from orchestra_rl.types import TrainSample
 from tests.helpers import free_port
 
@@ -43,9 +44,10 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
                                          "\n</tool_call><|im_end|>")
     worker = runtime.workers[0]
     group = LearnerGroup(cfg, runtime.model_path)
+    sync_weights = WeightSync(weight_sync, group, runtime.workers)
     try:
         probe = TrainSample(sequence, [0] * len(prompt) + [1] * (len(sequence) - len(prompt)), [0.0] * len(sequence))
-        group.sync_weights(runtime.workers)  # the engine may hold an earlier test's weights; collective: forms the group
+        sync_weights()  # the engine may hold an earlier test's weights; collective: forms the group
         learner_before = group.logprobs([probe])[0]
         engine_before = ray.get(worker.prompt_logprobs.remote(sequence))
         # Same weights, same alignment: the learner's position i is the engine's prompt logprob i - 1.
@@ -64,7 +66,7 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
         assert metrics["grad_norm"] > 0
 
         shm_before = set(glob.glob("/dev/shm/orchestra_rl-*"))
-        sync = group.sync_weights(runtime.workers)
+        sync = sync_weights()
         assert set(glob.glob("/dev/shm/orchestra_rl-*")) <= shm_before  # no weights file left (or ever, collective)
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(runtime.model_path).parameters())
         # fp32, with the tied lm_head written as its own copy for vLLM's CPU runner.
@@ -79,7 +81,7 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
         assert max_diff(engine_after, engine_before) > 0.05
         assert sum(engine_after[len(prompt) - 1:]) > sum(engine_before[len(prompt) - 1:])  # the probe went up
         # A second sync (collective: over the group formed by the first) sends the same and changes nothing.
-        assert group.sync_weights(runtime.workers)["bytes"] == sync["bytes"]
+        assert sync_weights()["bytes"] == sync["bytes"]
         assert max_diff(ray.get(worker.prompt_logprobs.remote(sequence)), engine_after) < 1e-6
 
         # A checkpoint is an HF model directory: transformers loads it and scores the same.

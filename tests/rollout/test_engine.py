@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.config import EngineConfig
-from orchestra_rl.rollout.engine import PolicyEngine, export_weights
+from orchestra_rl.rollout.engine import PolicyEngine
+from orchestra_rl.weight_sync import FileTransport, engine_tensors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -42,8 +43,8 @@ async def test_reload_changes_generation_and_logprobs_match_transformers(engine,
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     path = str(tmp_path / "weights.safetensors")
-    assert export_weights(model.state_dict(), path) > 0
-    assert await engine.load_weights(path) == len(model.state_dict())
+    assert FileTransport.send(engine_tensors(model.state_dict()), path) > 0
+    assert await engine.load_weights("receive_file", path) == len(model.state_dict())
 
     vllm_after = torch.tensor(await engine.prompt_logprobs(sequence))
     hf_after = hf_logprobs(model, sequence)

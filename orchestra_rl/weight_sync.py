@@ -1,0 +1,179 @@
+"""Weight sync, learner → rollout engines, in one module. Both roles import it; it imports neither role.
+
+A transport has a send half (learner rank 0, after the FSDP2 shards are gathered) and a receive half (inside each
+vLLM worker process, through `WeightReceiver`, vLLM's `worker_extension_cls`). `learner.weight_sync` picks one:
+
+- `FileTransport` ("file", default): rank 0 writes safetensors to /dev/shm (RAM; a temporary folder where there is
+  none), every engine reloads from there, then the file is deleted. Rank 0 and the engines share one node (or the
+  folder is on a shared file system). A path, not tensors: tensors nested in collective_rpc arguments do not
+  survive the trip into vLLM's worker process.
+- `CollectiveTransport` ("collective"): learner rank 0 and one worker process per engine form a process group of
+  their own (a TCPStore and a ProcessGroupGloo/NCCL built directly, beside the default groups FSDP and vLLM already
+  use); rank 0 broadcasts tensor by tensor into buffers the engines then load. No file, any node. Backend:
+  learner.backend (gloo on CPU, tested here; NCCL with GPU-resident buffers on GPUs).
+
+`WeightSync` drives one sync from the driver: it starts the receive half on every rollout worker and the send half
+on the learner group, and reports bytes and seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+Metadata = list[tuple[str, list[int], str]]  # what a broadcast carries, in order: (name, shape, dtype)
+SYNC_GROUP_TIMEOUT_S = 600
+
+
+def engine_tensors(state_dict: dict, dtype: str | None = None) -> dict:
+    """The policy weights as an engine loads them: on CPU, floating tensors cast to `dtype` (the engine's, e.g.
+    "bfloat16": fp32 master weights would double the bytes moved). A tied lm_head stays its own entry: vLLM's CPU
+    runner keeps a separate lm_head tensor, which a reload of embed_tokens alone would leave stale."""
+    import torch
+
+    cast = getattr(torch, dtype) if dtype else None
+    return {k: v.detach().to("cpu", dtype=cast if v.is_floating_point() else None).contiguous().clone()
+            for k, v in state_dict.items()}
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _load_into_engine(model_runner, tensors: list) -> int:
+    # model_runner.reload_weights handles vLLM's repacked CPU linear layers; model.load_weights does not.
+    model_runner.reload_weights(weights_iterator=tensors)
+    return len(tensors)
+
+
+class FileTransport:
+    """Send: write the weights to a file. Receive: read them back."""
+
+    @staticmethod
+    def new_path() -> str:
+        """A fresh path for one sync's weights: in /dev/shm (RAM) where it exists, else the temporary folder."""
+        shm = "/dev/shm"
+        folder = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+        return os.path.join(folder, f"orchestra_rl-{uuid.uuid4().hex}.safetensors")
+
+    @staticmethod
+    def send(tensors: dict, path: str) -> int:
+        """Write `tensors` (engine_tensors) as safetensors; returns the bytes written."""
+        from safetensors.torch import save_file
+
+        save_file(tensors, path)
+        return nbytes(tensors.values())
+
+    @staticmethod
+    def receive(path: str) -> list:
+        from safetensors.torch import load_file
+
+        return list(load_file(path).items())
+
+
+class CollectiveTransport:
+    """A process group of learner rank 0 (its rank 0, hosting the store) and one process per engine."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str):
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=SYNC_GROUP_TIMEOUT_S)
+        # Kept alive as long as the group: rank 0 hosts the store the others rendezvous through.
+        self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
+                                   wait_for_workers=False)
+        prefixed = dist.PrefixStore("orchestra_rl/weight_sync", self.store)
+        if backend == "nccl":
+            self.group, self.device = dist.ProcessGroupNCCL(prefixed, rank, world_size), "cuda"
+        else:  # config validation admits gloo | nccl
+            self.group, self.device = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout), "cpu"
+
+    def _broadcast(self, tensor) -> None:
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        self.group.broadcast([tensor], opts).wait()
+
+    @staticmethod
+    def metadata(tensors: dict) -> Metadata:
+        return [(name, list(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()]
+
+    def send(self, tensors: dict, metadata: Metadata) -> int:
+        """Rank 0: broadcast `tensors` in `metadata` order; returns the bytes sent."""
+        sent = [tensors[name].to(self.device) for name, _, _ in metadata]
+        for tensor in sent:
+            self._broadcast(tensor)
+        return nbytes(sent)
+
+    def receive(self, metadata: Metadata) -> list:
+        import torch
+
+        received = []
+        for name, shape, dtype in metadata:
+            buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+            self._broadcast(buffer)
+            received.append((name, buffer))
+        return received
+
+
+class WeightReceiver:
+    """The receive half, mixed into vLLM's worker (`worker_extension_cls`): runs inside the worker process, where
+    `self.model_runner` is vLLM's. Reached through `collective_rpc(<method name>, args)`."""
+
+    def receive_file(self, path: str) -> int:
+        return _load_into_engine(self.model_runner, FileTransport.receive(path))  # type: ignore[attr-defined]
+
+    def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
+        self._sync_transport = CollectiveTransport(host, port, rank, world_size, backend)
+        return True
+
+    def receive_broadcast(self, metadata: Metadata) -> int:
+        return _load_into_engine(self.model_runner, self._sync_transport.receive(metadata))  # type: ignore[attr-defined]
+
+
+class WeightSync:
+    """Driver side: push the learner group's current policy into every rollout worker's engine.
+
+    `learners` is a LearnerGroup (its ranks' `send_weights` / `join_weight_sync`); `rollout_workers` are
+    RolloutWorker actors (their `receive_weights` / `join_weight_sync`). The collective group is formed on the
+    first sync, once: all members must join at the same time."""
+
+    def __init__(self, transport: str, learners: Any, rollout_workers: list):
+        self.transport, self.learners, self.rollout_workers = transport, learners, list(rollout_workers)
+        self.metadata: Metadata | None = None
+
+    def __call__(self) -> dict[str, float]:
+        import ray
+
+        start = time.perf_counter()
+        if self.transport == "file":
+            path = FileTransport.new_path()
+            try:
+                sent = self.learners.send_weights(path)
+                ray.get([w.receive_weights.remote("receive_file", path) for w in self.rollout_workers])
+            finally:
+                if os.path.exists(path):
+                    os.remove(path)
+        else:
+            if self.metadata is None:
+                self._form_group()
+            # Both sides block in the same broadcasts: the receives must be in flight before the send.
+            receives = [w.receive_weights.remote("receive_broadcast", self.metadata) for w in self.rollout_workers]
+            sent = self.learners.send_weights(None)
+            ray.get(receives)
+        return {"bytes": float(sent), "seconds": time.perf_counter() - start}
+
+    def _form_group(self) -> None:
+        """Learner rank 0 is rank 0 of the weight-sync group, rollout worker i its rank i + 1."""
+        import ray
+
+        host, port = self.learners.rank0_address()
+        world = 1 + len(self.rollout_workers)
+        joins = [w.join_weight_sync.remote(host, port, i + 1, world, self.learners.backend)
+                 for i, w in enumerate(self.rollout_workers)]
+        self.metadata = self.learners.join_weight_sync(host, port, world)
+        ray.get(joins)

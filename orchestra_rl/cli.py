@@ -47,20 +47,26 @@ def _run(command: str, cfg: Config) -> None:
         from omegaconf import OmegaConf
 
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    elif command == "train":
-        from orchestra_rl.trainer import train
+        return
+    from orchestra_rl.system import ray_session
 
-        train(cfg)
-    elif command == "sft":
-        from orchestra_rl.runtime import init_ray
-        from orchestra_rl.sft.train import run_sft
+    with ray_session(cfg):  # the one owner of Ray's lifetime: every role below runs inside it
+        if command == "train":
+            from orchestra_rl.trainer import train
 
-        init_ray(cfg)
-        print(run_sft(cfg))
-    elif command == "eval":
-        from orchestra_rl.eval.run import run_eval
+            train(cfg)
+        elif command == "sft":
+            from orchestra_rl.sft.train import run_sft
 
-        run_eval(cfg)
+            print(run_sft(cfg))
+        elif command == "eval":
+            from orchestra_rl.eval.run import run_eval
+
+            run_eval(cfg)
+        elif command == "bench":
+            from orchestra_rl.bench.rollout import run_rollout_bench
+
+            run_rollout_bench(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         _config([o for o in args.overrides if "," not in o])  # a bad fixed override fails fast, in one line
         return _multirun(args.command, args.overrides)
     cfg = _config(args.overrides)
-    if args.command in ("train", "sft", "eval", "config"):
+    if args.command in ("train", "sft", "eval", "config", "bench"):
         _run(args.command, cfg)
-    elif args.command == "bench":
-        from orchestra_rl.bench.rollout import run_rollout_bench
-
-        run_rollout_bench(cfg)
     elif args.command == "data":
         from orchestra_rl.data.world import build_world
 

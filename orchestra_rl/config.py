@@ -34,7 +34,6 @@ class ModelConfig:
     path: str = ""
     cache_dir: str = DEFAULT_CACHE + "/models"
     dtype: str = "float32"  # float32 on CPU (exact logprob agreement); bfloat16 on GPU
-    attn_implementation: str = "sdpa"  # sdpa on CPU; flash_attention_2 with the `gpu` extra
     # Dollar price of the orchestrator's own tokens, so a trajectory's cost is complete.
     price_in_per_mtok: float = 0.05
     price_out_per_mtok: float = 0.2
@@ -247,7 +246,7 @@ class LearnerConfig:
     num_gpus_per_learner: float = 0.0
     backend: str = "gloo"  # gloo | nccl
     dtype: str = "float32"  # compute dtype: fp32 on CPU; bfloat16 on GPU (weights and optimiser stay fp32)
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # the learners' transformers attention: sdpa | flash_attention_2 (gpu extra)
     gradient_checkpointing: bool = False
     # Learner -> vLLM after each update (orchestra_rl/weight_sync.py): file (/dev/shm, one node) | collective
     # (broadcast from learner rank 0 over a group of its own, learner.backend: gloo on CPU, NCCL on GPU).

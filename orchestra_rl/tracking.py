@@ -35,5 +35,8 @@ class Tracker:
                            tokenizer.decode(t.token_ids[t.prompt_length:]))
         self.run.log({"samples": table}, step=step)
 
-    def finish(self) -> None:
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.run.finish()

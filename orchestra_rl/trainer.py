@@ -22,38 +22,18 @@ from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.eval.report import print_comparison
 from orchestra_rl.eval.run import evaluate
-from orchestra_rl.learner.group import LearnerGroup
-from orchestra_rl.learner.samples import make_train_samples
+from orchestra_rl.learner.samples import make_train_samples_task
 from orchestra_rl.models.tiny import resolve_model_path
-from orchestra_rl.reward.actor import make_reward_actor, summary as reward_summary
-from orchestra_rl.runtime import Runtime, init_ray
+from orchestra_rl.system import System
 from orchestra_rl.tracking import Tracker
-from orchestra_rl.weight_sync import WeightSync
-from orchestra_rl.types import Task, Trajectory
+from orchestra_rl.types import Task
 
 
-def rollout_metrics(scored: list[Trajectory], tool_names: list[str]) -> dict[str, float]:
-    n = len(scored)
-    metrics = {
-        "rollout/reward": sum(t.reward for t in scored) / n,
-        "rollout/cost_usd": sum(t.cost_usd for t in scored) / n,
-        "rollout/latency_s": sum(t.latency_s for t in scored) / n,
-        "rollout/turns": sum(len(t.turns) for t in scored) / n,
-        "rollout/policy_tokens": sum(t.num_policy_tokens for t in scored) / n,
-        "rollout/parse_errors": sum(1 for t in scored for turn in t.turns if turn.parse_error) / n,
-    }
-    metrics |= {f"reward/{k}": v for k, v in reward_summary(scored).items()}
-    counts = [t.tool_counts(tool_names) for t in scored]
-    for name in sorted({name for c in counts for name in c}):
-        metrics[f"tools/{name}"] = sum(c.get(name, 0) for c in counts) / n
-    return metrics
-
-
-def scored_eval(runtime: Runtime, reward, cfg: Config, desc: str) -> dict[str, Any]:
+def scored_eval(system: System, cfg: Config, desc: str) -> dict[str, Any]:
     """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size)."""
-    summary, trajectories = evaluate(runtime, cfg.eval.split, cfg.train.eval_max_tasks, cfg.rollout.group_size, desc)
-    tasks = {t.task_id: t for t in load_tasks(runtime.world_dir, cfg.eval.split)}
-    scored = ray.get(reward.score.remote(trajectories, tasks))
+    summary, trajectories = evaluate(system, cfg.eval.split, cfg.train.eval_max_tasks, cfg.rollout.group_size, desc)
+    tasks = {t.task_id: t for t in load_tasks(system.world_dir, cfg.eval.split)}
+    scored = ray.get(system.reward.score.remote(trajectories, tasks))
     summary["overall"]["reward"] = sum(t.reward for t in scored) / len(scored)
     for family, s in summary["families"].items():
         group = [t.reward for t in scored if t.family == family]
@@ -86,62 +66,60 @@ def clear_previous_run(run_dir: Path) -> None:
 
 
 def train(cfg: Config) -> dict[str, Any]:
+    """Needs a running Ray (the CLI's `ray_session`)."""
     run_dir = Path(cfg.train.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    started_ray = init_ray(cfg)
     model_path, state = warm_start(cfg, run_dir)
     if state is None:
         clear_previous_run(run_dir)
     tracker = Tracker(cfg, str(run_dir), resume_id=state["wandb_id"] if state else None)
-    try:
-        # Both stop what they started on the way out, errors included (on an attached cluster nothing else would).
-        with Runtime(cfg, model_path) as runtime, LearnerGroup(cfg, model_path) as learners:
-            if state is not None:
-                learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
-            reward = make_reward_actor(cfg, runtime.tool_context)
-            sync_weights = WeightSync(cfg.learner.weight_sync, learners, runtime.workers)
-            sampler = TaskSampler(load_tasks(runtime.world_dir, "train"), cfg.seed,
-                                  position=state["data_position"] if state else 0)
-            before = scored_eval(runtime, reward, cfg, "eval before")
-            tracker.log({f"eval/{k}": v for k, v in before["overall"].items() if isinstance(v, float)}, step=0)
+    # System stops every role it started on the way out, errors included (on an attached cluster nothing else would).
+    with tracker, System(cfg, model_path, learners=True) as system:
+        if state is not None:
+            system.learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
+        sampler = TaskSampler(load_tasks(system.world_dir, "train"), cfg.seed,
+                              position=state["data_position"] if state else 0)
+        before = scored_eval(system, cfg, "eval before")
+        tracker.log({f"eval/{k}": v for k, v in before["overall"].items() if isinstance(v, float)}, step=0)
 
-            first = state["step"] if state else 0
-            bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
-            for step in bar:
-                t0 = time.perf_counter()
-                tasks: list[Task] = sampler.next(cfg.train.tasks_per_step)
-                trajectories = runtime.rollout(tasks, cfg.rollout.group_size)
-                t1 = time.perf_counter()
-                scored = ray.get(reward.score.remote(trajectories, {t.task_id: t for t in tasks}))
-                samples, sample_stats = make_train_samples(scored, cfg.algo)
-                update = learners.update(samples) if samples else {}
+        first = state["step"] if state else 0
+        bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
+        for step in bar:
+            t0 = time.perf_counter()
+            tasks: list[Task] = sampler.next(cfg.train.tasks_per_step)
+            # Only object references and metrics pass through the driver; the tokens stay in the object store.
+            rollouts = system.rollout.submit(tasks, cfg.rollout.group_size)
+            t1 = time.perf_counter()
+            scored, metrics = system.reward.score_rollouts.options(num_returns=2).remote(
+                rollouts, tasks, system.tool_names)
+            samples, sample_stats = make_train_samples_task.remote(scored, cfg.algo)
+            metrics = ray.get(metrics) | ray.get(sample_stats)
+            if metrics["samples/kept"]:  # every group degenerate: nothing to learn, the engines stay current
+                metrics |= {f"learner/{k}": v for k, v in system.learners.update(samples).items()}
                 t2 = time.perf_counter()
-                sync = sync_weights()
-                metrics = rollout_metrics(scored, runtime.tool_names) | sample_stats
-                metrics |= {f"learner/{k}": v for k, v in update.items()}
-                metrics |= {"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "sync/seconds": sync["seconds"],
-                            "sync/bytes": sync["bytes"],
-                            "perf/rollout_tokens_per_s": sum(len(t.token_ids) for t in scored) / (t1 - t0)}
-                tracker.log(metrics, step=step + 1)
-                with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not
-                    log.write(json.dumps({"step": step + 1, "task_ids": [t.task_id for t in tasks]} | metrics) + "\n")
-                if step == first or (step + 1) % 10 == 0:
-                    tracker.log_trajectories(scored, step + 1, runtime.tokenizer)
-                bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}",
-                                accuracy=f"{metrics.get('reward/outcome', 0.0):.3f}",
-                                cost=f"{metrics['rollout/cost_usd']:.5f}")
-                if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
-                    ckpt = checkpoint_dir(str(run_dir), step + 1)
-                    learners.save_checkpoint(str(ckpt))
-                    save_trainer_state(ckpt, step + 1, sampler.position, tracker.run_id)
+                metrics |= {f"sync/{k}": v for k, v in system.sync_weights().items()}
+                metrics["time/update_s"] = t2 - t1
+            metrics |= {"time/rollout_s": t1 - t0, "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / (t1 - t0)}
+            tracker.log(metrics, step=step + 1)
+            with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not
+                log.write(json.dumps({"step": step + 1, "task_ids": [t.task_id for t in tasks]} | metrics) + "\n")
+            if step == first or (step + 1) % 10 == 0:
+                tracker.log_trajectories(ray.get(scored), step + 1, system.tokenizer)
+            bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}",
+                            outcome=f"{metrics.get('reward/outcome', 0.0):.3f}",
+                            cost=f"{metrics['rollout/cost_usd']:.5f}")
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                during = scored_eval(system, cfg, f"eval at step {step + 1}")
+                tracker.log({f"eval/{k}": v for k, v in during["overall"].items() if isinstance(v, float)},
+                            step=step + 1)
+            if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+                ckpt = checkpoint_dir(str(run_dir), step + 1)
+                system.learners.save_checkpoint(str(ckpt))
+                save_trainer_state(ckpt, step + 1, sampler.position, tracker.run_id)
 
-            after = scored_eval(runtime, reward, cfg, "eval after")
-            tracker.log({f"eval/{k}": v for k, v in after["overall"].items() if isinstance(v, float)},
-                        step=cfg.train.steps)
-    finally:
-        tracker.finish()
-        if started_ray:
-            ray.shutdown()
+        after = scored_eval(system, cfg, "eval after")
+        tracker.log({f"eval/{k}": v for k, v in after["overall"].items() if isinstance(v, float)},
+                    step=cfg.train.steps)
     print_comparison(before, after)
     report = {"before": before, "after": after, "model_path": model_path,
               "checkpoint": str(latest_checkpoint(str(run_dir)) or "")}

@@ -140,3 +140,10 @@ class TrainSample:
     old_logprobs: list[float]  # behaviour (rollout) logprobs aligned with token_ids; 0 where loss_mask == 0
     advantage: float = 0.0  # GRPO: the trajectory's advantage, broadcast over its policy tokens
     reward: float = 0.0  # PPO: the scalar reward, placed on the last policy token for GAE
+
+
+def in_task_order(trajectories: list[Trajectory], tasks: list[Task]) -> list[Trajectory]:
+    """Grouped by task in the order of `tasks`, each group by group index: the same order whichever call
+    finished first, so a step's samples (and a resumed run's) do not depend on timing."""
+    position = {t.task_id: i for i, t in enumerate(tasks)}
+    return sorted(trajectories, key=lambda tr: (position[tr.task_id], tr.group_index))

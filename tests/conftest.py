@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -44,6 +45,7 @@ class OpenAIStub:
     in_flight: int = 0
     peak_in_flight: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)  # request bodies
+    intervals: list[tuple[float, float]] = field(default_factory=list)  # (arrival, reply) of each call, monotonic
     api_keys: list[str] = field(default_factory=list)  # the bearer token of each request
 
 
@@ -59,10 +61,12 @@ def make_stub_app(stub: OpenAIStub) -> FastAPI:
         call = stub.calls
         stub.in_flight += 1
         stub.peak_in_flight = max(stub.peak_in_flight, stub.in_flight)
+        arrival = time.monotonic()
         try:
             await asyncio.sleep(stub.delay_s)
         finally:
             stub.in_flight -= 1
+            stub.intervals.append((arrival, time.monotonic()))
         status = stub.always_status or (stub.fail_status if call <= stub.fail_first else 200)
         if status != 200:
             return JSONResponse({"error": {"message": f"stub status {status}", "type": "stub"}}, status_code=status)
@@ -85,9 +89,9 @@ def make_stub_app(stub: OpenAIStub) -> FastAPI:
     return app
 
 
-@pytest.fixture
-def openai_stub_server() -> Iterator[OpenAIStub]:
-    """An OpenAI-compatible server on 127.0.0.1 (a fresh one per test), simulating a remote paid API."""
+@contextlib.contextmanager
+def serve_stub() -> Iterator[OpenAIStub]:
+    """An OpenAI-compatible server on 127.0.0.1, simulating a remote paid API; stopped on exit."""
     stub = OpenAIStub()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the OS picks a free port; the server takes over the bound socket
@@ -100,10 +104,19 @@ def openai_stub_server() -> Iterator[OpenAIStub]:
     while not server.started:
         assert time.monotonic() < deadline, "stub OpenAI server did not start"
         time.sleep(0.01)
-    yield stub
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield stub
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def openai_stub_server() -> Iterator[OpenAIStub]:
+    """A fresh stub API per test."""
+    with serve_stub() as stub:
+        yield stub
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +142,18 @@ def tiny_model_path(make_config) -> str:
     from orchestra_rl.models.tiny import resolve_model_path
 
     return resolve_model_path(make_config().model)
+
+
+SFT_OVERRIDES = ("sft.num_demos=64", "sft.epochs=6", "sft.batch_size=8", "sft.lr=3e-3", "sft.num_workers=2")
+
+
+@pytest.fixture(scope="session")
+def sft_run(make_config, ray_local, tmp_path_factory) -> tuple[str, str]:
+    """One small SFT warm start for the whole test session: (its output folder, the HF checkpoint). The SFT test
+    checks it; the train tests start RL from it, as `orchestra-rl train` does, so their rollouts make calls."""
+    from orchestra_rl.sft.train import run_sft
+    from tests.helpers import free_port
+
+    out = tmp_path_factory.mktemp("sft")
+    cfg = make_config(f"serve.port={free_port()}", f"sft.output_dir={out}", *SFT_OVERRIDES)
+    return str(out), run_sft(cfg)

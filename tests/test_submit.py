@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 @pytest.fixture

@@ -12,16 +12,20 @@ from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.data.world import load_tasks
 from tests.helpers import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+TASKS_PER_STEP = 4
 
 
-def train(cache_dir: str, run_dir, *overrides: str) -> subprocess.CompletedProcess:
+def train(cache_dir: str, run_dir, policy: str, *overrides: str) -> subprocess.CompletedProcess:
+    """`orchestra-rl train` from the session's SFT checkpoint (so the policy makes real tool calls and groups
+    differ in reward), in a process and a Ray of its own."""
     cmd = [sys.executable, "-m", "orchestra_rl.cli", "train", f"model.cache_dir={cache_dir}/models",
            f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", f"train.output_dir={run_dir}",
-           "sft.enabled=false", "train.tasks_per_step=2", "rollout.group_size=2", "train.eval_max_tasks=2",
-           "train.save_every=1", "rollout.max_turns=2", "train.wandb_mode=offline", f"serve.port={free_port()}",
-           "serve.latency_scale=0.01", "learner.num_cpus_per_learner=0.5",
-           "rollout.constrained_tools=[python,search,math_expert,answer]", *overrides]
+           f"model.path={policy}", "sft.enabled=false", f"train.tasks_per_step={TASKS_PER_STEP}",
+           "rollout.group_size=4", "train.eval_max_tasks=2", "train.save_every=1", "rollout.max_turns=3",
+           "train.wandb_mode=offline", f"serve.port={free_port()}", "serve.latency_scale=0.01",
+           "learner.num_cpus_per_learner=0.5", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -31,33 +35,41 @@ def steps(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_dir, tmp_path):
-    run_dir = tmp_path / "grpo"
-    proc = train(cache_dir, run_dir, "train.steps=2", "algo=grpo")
+def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_dir, tmp_path, sft_run):
+    run_dir, policy = tmp_path / "grpo", sft_run[1]
+    proc = train(cache_dir, run_dir, policy, "train.steps=2", "algo=grpo")
     assert "evaluation before → after training" in proc.stdout
     report = json.loads((run_dir / "train_report.json").read_text())
     assert set(report["before"]["families"]) == set(report["after"]["families"])
     logged = steps(run_dir)
     assert [s["step"] for s in logged] == [1, 2]
-    assert all(s["sync/bytes"] > 0 and s["rollout/policy_tokens"] > 0 for s in logged)
+    for s in logged:
+        assert s["rollout/policy_tokens"] > 0 and s["samples/kept"] + s["samples/dropped_trajectories"] == 16
+        if s["samples/kept"]:  # an update on the kept groups, then the engines got the new weights
+            assert s["learner/tokens"] > 0 and s["learner/grad_norm"] > 0 and s["sync/bytes"] > 0
+        else:  # every group degenerate: no update, and no sync of unchanged weights
+            assert not any(k.startswith(("learner/", "sync/")) for k in s)
+    assert any(s["samples/kept"] for s in logged), "every group of both steps had equal rewards"
+    # The SFT policy calls tools: the batch metrics see them (not only parse errors).
+    assert sum(v for s in logged for k, v in s.items() if k.startswith("tools/")) > 0
     assert list((run_dir / "wandb").glob("offline-run-*"))
 
     ckpt = run_dir / "checkpoints" / "step_000002"
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert state["step"] == 2 and state["data_position"] == 4
+    assert state["step"] == 2 and state["data_position"] == 2 * TASKS_PER_STEP
     model = AutoModelForCausalLM.from_pretrained(ckpt / "policy")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    train(cache_dir, run_dir, "train.steps=3", "algo=grpo", "train.resume=true")
+    train(cache_dir, run_dir, policy, "train.steps=3", "algo=grpo", "train.resume=true")
     logged = steps(run_dir)
     assert [s["step"] for s in logged] == [1, 2, 3]
-    # The resumed step sees exactly the tasks an uninterrupted run would have: the stream continues at position 4.
+    # The resumed step sees exactly the tasks an uninterrupted run would have: the stream continues at position 2 * TASKS_PER_STEP.
     expected = [[t.task_id for t in batch] for batch in _stream(cache_dir, 3)]
     assert [s["task_ids"] for s in logged] == expected
     assert json.loads((run_dir / "checkpoints" / "step_000003" / "trainer_state.json").read_text())["step"] == 3
 
     # A fresh run in the same folder starts its own log and checkpoints (a later resume must not find step 3).
-    train(cache_dir, run_dir, "train.steps=1", "algo=grpo")
+    train(cache_dir, run_dir, policy, "train.steps=1", "algo=grpo")
     assert [s["step"] for s in steps(run_dir)] == [1]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000001"]
 
@@ -68,13 +80,13 @@ def _stream(cache_dir: str, n_steps: int):
 
     cfg = load_config([f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8"])
     sampler = TaskSampler(load_tasks(build_world(cfg.data), "train"), cfg.seed)
-    return [sampler.next(2) for _ in range(n_steps)]
+    return [sampler.next(TASKS_PER_STEP) for _ in range(n_steps)]
 
 
-def test_ppo_train_runs_with_a_critic(cache_dir, tmp_path):
+def test_ppo_train_runs_with_a_critic(cache_dir, tmp_path, sft_run):
     """Also the collective weight sync in the driver loop (group formed at the first sync)."""
     run_dir = tmp_path / "ppo"
-    train(cache_dir, run_dir, "train.steps=1", "algo=ppo", "reward=absolute", "learner.weight_sync=collective")
+    train(cache_dir, run_dir, sft_run[1], "train.steps=1", "algo=ppo", "reward=absolute", "learner.weight_sync=collective")
     (logged,) = steps(run_dir)
     assert "learner/value_loss" in logged and logged["learner/tokens"] > 0
     assert logged["sync/bytes"] > 1e6  # the whole fp32 policy went through the broadcast

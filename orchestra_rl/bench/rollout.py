@@ -21,7 +21,7 @@ from rich.table import Table
 
 from orchestra_rl.config import Config, validate
 from orchestra_rl.data.world import load_tasks
-from orchestra_rl.runtime import Runtime
+from orchestra_rl.system import System
 from orchestra_rl.serve.experts import start_experts, stop_experts
 
 
@@ -43,9 +43,9 @@ def bench_config(cfg: Config) -> Config:
     return validate(b)
 
 
-def _measure(runtime: Runtime, tasks, lockstep: bool, concurrency: int) -> dict[str, float]:
+def _measure(system: System, tasks, lockstep: bool, concurrency: int) -> dict[str, float]:
     start = time.perf_counter()
-    trajectories = runtime.rollout(tasks, group_size=1, lockstep=lockstep, max_in_flight=concurrency)
+    trajectories = system.rollout.rollout(tasks, group_size=1, lockstep=lockstep, max_in_flight=concurrency)
     wall = time.perf_counter() - start
     tool_latency = [c.result.latency_s for t in trajectories for c in t.tool_calls]
     return {
@@ -60,19 +60,19 @@ def _measure(runtime: Runtime, tasks, lockstep: bool, concurrency: int) -> dict[
 
 def run_rollout_bench(cfg: Config) -> dict[str, Any]:
     b = bench_config(cfg)
-    with Runtime(b) as runtime:
-        tasks = load_tasks(runtime.world_dir, "train")[: b.bench.num_trajectories]
+    with System(b) as system:
+        tasks = load_tasks(system.world_dir, "train")[: b.bench.num_trajectories]
         c = b.bench.concurrency
-        runtime.rollout(tasks[:4], group_size=1)  # warm-up: engine compile paths, connections
+        system.rollout.rollout(tasks[:4], group_size=1)  # warm-up: engine compile paths, connections
         results = {
-            "async": _measure(runtime, tasks, lockstep=False, concurrency=c),
-            "lockstep": _measure(runtime, tasks, lockstep=True, concurrency=c),
+            "async": _measure(system, tasks, lockstep=False, concurrency=c),
+            "lockstep": _measure(system, tasks, lockstep=True, concurrency=c),
         }
         stop_experts()
         b0 = copy.deepcopy(b)
         b0.serve.latency_scale = 0.0
-        start_experts(b0, runtime.world_dir)
-        results["no_latency_bound"] = _measure(runtime, tasks, lockstep=False, concurrency=c)
+        start_experts(b0, system.world_dir)
+        results["no_latency_bound"] = _measure(system, tasks, lockstep=False, concurrency=c)
     ratio = results["async"]["trajectories_per_s"] / results["lockstep"]["trajectories_per_s"]
     report = {"runs": results, "async_over_lockstep": ratio,
               "workload": {"trajectories": len(tasks), "concurrency": c, "turns": b.bench.turns,

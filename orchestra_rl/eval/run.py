@@ -13,13 +13,13 @@ from tqdm import tqdm
 from orchestra_rl.config import Config, as_plain
 from orchestra_rl.data.world import is_correct, load_tasks
 from orchestra_rl.eval.report import print_summary, summarize
-from orchestra_rl.runtime import Runtime
+from orchestra_rl.system import System
 from orchestra_rl.types import Trajectory
 
 
-def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
-    """Roll out the split's tasks with the runtime's current policy; returns (summary, trajectories)."""
-    tasks = load_tasks(runtime.world_dir, split)
+def evaluate(system: System, split: str, max_tasks: int, group_size: int, desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
+    """Roll out the split's tasks with the system's current policy; returns (summary, trajectories)."""
+    tasks = load_tasks(system.world_dir, split)
     if max_tasks:  # a subset with every family represented: round-robin over families
         by_family: dict[str, list] = {}
         for t in tasks:
@@ -34,15 +34,15 @@ def evaluate(runtime: Runtime, split: str, max_tasks: int, group_size: int, desc
             bar.update(len(group))
             bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
 
-        trajectories = runtime.rollout(tasks, group_size, on_done=on_done)
-    return summarize(trajectories, tasks, runtime.tool_names), trajectories
+        trajectories = system.rollout.rollout(tasks, group_size, on_done=on_done)
+    return summarize(trajectories, tasks, system.tool_names), trajectories
 
 
 def run_eval(cfg: Config) -> dict[str, Any]:
     start = time.perf_counter()
-    with Runtime(cfg) as runtime:
-        summary, trajectories = evaluate(runtime, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size)
-        model_path = runtime.model_path
+    with System(cfg) as system:
+        summary, trajectories = evaluate(system, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size)
+        model_path = system.model_path
     wall = time.perf_counter() - start
     out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ray
 import torch
 
 from orchestra_rl.config import AlgoConfig
@@ -24,4 +25,9 @@ def make_train_samples(scored: list[Trajectory], algo: AlgoConfig) -> tuple[list
     samples = [TrainSample(token_ids=scored[i].token_ids, loss_mask=scored[i].loss_mask,
                            old_logprobs=scored[i].logprobs, advantage=float(advantages[i]),
                            reward=float(rewards[i])) for i in keep]
-    return samples, {"dropped_trajectories": float(len(scored) - len(keep))}
+    return samples, {"samples/kept": float(len(samples)), "samples/dropped_trajectories": float(len(scored) - len(keep))}
+
+
+# The same as a Ray task (num_returns=2): it reads the scored batch from the object store and leaves the samples
+# there, for the learners to fetch.
+make_train_samples_task = ray.remote(num_cpus=0, num_returns=2)(make_train_samples)

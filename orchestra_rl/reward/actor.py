@@ -16,7 +16,7 @@ from orchestra_rl.reward.mix import mix_group, unknown_preference_keys
 from orchestra_rl.reward.outcome import judge, outcome_score
 from orchestra_rl.tools import llm
 from orchestra_rl.tools.base import ToolContext
-from orchestra_rl.types import Task, Trajectory
+from orchestra_rl.types import Task, Trajectory, in_task_order
 
 
 class RewardActor:
@@ -65,8 +65,14 @@ class RewardActor:
                 scored[i] = t
         return scored
 
-    def summary(self, scored: list[Trajectory]) -> dict[str, float]:
-        return summary(scored)
+    async def score_rollouts(self, rollouts: list[ray.ObjectRef], tasks: list[Task],
+                             tool_names: list[str]) -> tuple[list[Trajectory], dict[str, float]]:
+        """The training step's scoring, fetched from the object store here: `rollouts` are the rollout manager's
+        references (each to a list of trajectories). Returns the scored trajectories in task order and the
+        batch's metrics (call with num_returns=2: the driver takes only the metrics)."""
+        trajectories = in_task_order([t for chunk in await asyncio.gather(*rollouts) for t in chunk], tasks)
+        scored = await self.score(trajectories, {t.task_id: t for t in tasks})
+        return scored, batch_metrics(scored, tool_names)
 
     async def close(self) -> None:
         if self.judge_tool is not None:
@@ -82,6 +88,25 @@ def summary(scored: list[Trajectory]) -> dict[str, float]:
         values = [t.reward_components[k] for t in scored if k in t.reward_components]
         means[k] = sum(values) / len(values)
     return means
+
+
+def batch_metrics(scored: list[Trajectory], tool_names: list[str]) -> dict[str, float]:
+    """What a training step logs of its batch: means per trajectory, reward components, tool mix."""
+    n = len(scored)
+    metrics = {
+        "rollout/reward": sum(t.reward for t in scored) / n,
+        "rollout/cost_usd": sum(t.cost_usd for t in scored) / n,
+        "rollout/latency_s": sum(t.latency_s for t in scored) / n,
+        "rollout/turns": sum(len(t.turns) for t in scored) / n,
+        "rollout/policy_tokens": sum(t.num_policy_tokens for t in scored) / n,
+        "rollout/tokens": float(sum(len(t.token_ids) for t in scored)),
+        "rollout/parse_errors": sum(1 for t in scored for turn in t.turns if turn.parse_error) / n,
+    }
+    metrics |= {f"reward/{k}": v for k, v in summary(scored).items()}
+    counts = [t.tool_counts(tool_names) for t in scored]
+    for name in sorted({name for c in counts for name in c}):
+        metrics[f"tools/{name}"] = sum(c.get(name, 0) for c in counts) / n
+    return metrics
 
 
 def make_reward_actor(cfg: Config, ctx: ToolContext) -> ray.actor.ActorHandle:

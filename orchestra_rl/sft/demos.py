@@ -24,7 +24,7 @@ from orchestra_rl.config import Config, final_tool_names
 from orchestra_rl.data.world import is_correct, load_tasks
 from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
-from orchestra_rl.runtime import Runtime
+from orchestra_rl.system import System
 from orchestra_rl.sft.scripted import ScriptedPolicy
 from orchestra_rl.tools.base import Pricing
 from orchestra_rl.tools.executor import ToolPool
@@ -34,12 +34,12 @@ from orchestra_rl.types import Task, Trajectory
 MAX_ATTEMPTS_PER_DEMO = 4
 
 
-def tools_runtime(cfg: Config, model_path: str | None = None) -> Runtime:
-    """A Runtime with the world, the experts (without latency) and the tool executors, but no rollout worker:
+def tools_system(cfg: Config, model_path: str | None = None) -> System:
+    """A System with the world, the experts (without latency) and the tool executors, but no rollout worker:
     the scripted policy needs no inference engine."""
     no_latency = copy.deepcopy(cfg)
     no_latency.serve.latency_scale = 0.0
-    return Runtime(no_latency, model_path, rollout_workers=False)
+    return System(no_latency, model_path, rollout=False)
 
 
 def interleave_families(tasks: list[Task]) -> list[Task]:
@@ -55,17 +55,17 @@ def strategy_of(trajectory: Trajectory, answer_tool: str) -> str:
 
 
 class ScriptedRollout:
-    """The scripted policy in the agent loop, with the runtime's tool executors: one AgentLoop per group index
+    """The scripted policy in the agent loop, with the system's tool executors: one AgentLoop per group index
     (the group index picks the strategy; the Engine protocol carries only tokens)."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, tasks: list[Task]):
+    def __init__(self, cfg: Config, system: System, tasks: list[Task]):
         from transformers import AutoTokenizer
 
         self.cfg = cfg
-        tokenizer = AutoTokenizer.from_pretrained(runtime.model_path)
-        self.chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, runtime.tool_schemas)
+        tokenizer = AutoTokenizer.from_pretrained(system.model_path)
+        self.chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, system.tool_schemas)
         self.policy = ScriptedPolicy.from_config(cfg, tokenizer, tasks)
-        self.call_tool = ToolPool(runtime.executors).call
+        self.call_tool = ToolPool(system.executors).call
         self.pricing = Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok)
         self.loops: dict[int, AgentLoop] = {}
 
@@ -83,17 +83,17 @@ class ScriptedRollout:
         return asyncio.run(run_all())
 
 
-def generate_demos(cfg: Config, runtime: Runtime, num_demos: int, only_correct: bool = False,
+def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bool = False,
                    out_path: str | Path | None = None) -> list[Trajectory]:
     """`num_demos` demonstrations over the train split (families in turn, group index g on the g-th pass of
-    the split), run concurrently through the agent loop with `runtime`'s tool executors; written as JSONL to
+    the split), run concurrently through the agent loop with `system`'s tool executors; written as JSONL to
     `out_path`."""
     if num_demos <= 0:
         raise ValueError(f"num_demos must be > 0, got {num_demos}")
-    tasks = interleave_families(load_tasks(runtime.world_dir, "train"))
+    tasks = interleave_families(load_tasks(system.world_dir, "train"))
     if not tasks:
-        raise ValueError(f"the train split of {runtime.world_dir} has no tasks")
-    scripted = ScriptedRollout(cfg, runtime, tasks)
+        raise ValueError(f"the train split of {system.world_dir} has no tasks")
+    scripted = ScriptedRollout(cfg, system, tasks)
     gold = {t.task_id: t.answer for t in tasks}
     kept: list[Trajectory] = []
     attempted = 0

@@ -31,8 +31,7 @@ import ray
 from orchestra_rl.config import Config
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.models.tiny import resolve_model_path
-from orchestra_rl.runtime import init_ray
-from orchestra_rl.sft.demos import demo_mix, generate_demos, tools_runtime
+from orchestra_rl.sft.demos import demo_mix, generate_demos, tools_system
 
 CHECKPOINT_DIR = "checkpoint"  # under sft.output_dir: the HF model directory
 DEMOS_FILE = "demos.jsonl"
@@ -40,27 +39,21 @@ METRICS_FILE = "metrics.jsonl"  # one row per epoch: epoch, loss (mean over the 
 
 
 def run_sft(cfg: Config) -> str:
-    """Demonstrations, then supervised fine-tuning; returns the HF checkpoint directory."""
+    """Demonstrations, then supervised fine-tuning; returns the HF checkpoint directory. Needs a running Ray."""
     out_dir = Path(cfg.sft.output_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    started_ray = init_ray(cfg)
-    try:
-        model_path = resolve_model_path(cfg.model)
-        start = time.perf_counter()
-        with tools_runtime(cfg, model_path) as runtime:
-            demos = generate_demos(cfg, runtime, cfg.sft.num_demos, cfg.sft.only_correct,
-                                   out_path=out_dir / DEMOS_FILE)
-            mix = demo_mix(demos, load_tasks(runtime.world_dir, "train"), _answer_tool(cfg))
-        print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
-        for family, m in mix.items():
-            strategies = ", ".join(f"{s} {n}" for s, n in m["strategies"].items())
-            print(f"  {family:<10} {m['demos']:>4} demos, {m['correct']:>4} correct | {strategies}")
-        (out_dir / "demos_mix.json").write_text(json.dumps(mix, indent=1) + "\n")
-        samples = [(d.token_ids, d.loss_mask) for d in demos]
-        return train_sft(cfg, model_path, samples, out_dir)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    model_path = resolve_model_path(cfg.model)
+    start = time.perf_counter()
+    with tools_system(cfg, model_path) as system:
+        demos = generate_demos(cfg, system, cfg.sft.num_demos, cfg.sft.only_correct, out_path=out_dir / DEMOS_FILE)
+        mix = demo_mix(demos, load_tasks(system.world_dir, "train"), _answer_tool(cfg))
+    print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
+    for family, m in mix.items():
+        strategies = ", ".join(f"{s} {n}" for s, n in m["strategies"].items())
+        print(f"  {family:<10} {m['demos']:>4} demos, {m['correct']:>4} correct | {strategies}")
+    (out_dir / "demos_mix.json").write_text(json.dumps(mix, indent=1) + "\n")
+    samples = [(d.token_ids, d.loss_mask) for d in demos]
+    return train_sft(cfg, model_path, samples, out_dir)
 
 
 def _answer_tool(cfg: Config) -> str:

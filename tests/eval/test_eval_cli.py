@@ -13,6 +13,7 @@ from tests.helpers import free_port
 
 
 @pytest.mark.integration
+@pytest.mark.e2e
 def test_eval_writes_a_consistent_report(cache_dir, tmp_path):
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", f"model.cache_dir={cache_dir}/models",

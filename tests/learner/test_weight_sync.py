@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.learner.group import LearnerGroup
-from orchestra_rl.runtime import Runtime
+from orchestra_rl.system import System
 from orchestra_rl.weight_sync import WeightSync
 from orchestra_rl.types import TrainSample
 from tests.helpers import free_port
@@ -23,7 +23,7 @@ def runtime(make_config, ray_local):
     # 2 CPUs in the test cluster: rollout worker 1 + tool executor 0.5 + two learners at 0.25.
     cfg = make_config("tools.tools.python.enabled=false", f"serve.port={free_port()}", "serve.latency_scale=0.01",
                       "learner.num_learners=2", "learner.num_cpus_per_learner=0.25", "algo.lr=5e-3")
-    with Runtime(cfg) as rt:
+    with System(cfg) as rt:
         yield rt
 
 
@@ -42,9 +42,9 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
                               "<|im_start|>assistant\n")
     sequence = prompt + tokenizer.encode('<tool_call>\n{"name": "search", "arguments": {"query": "population"}}'
                                          "\n</tool_call><|im_end|>")
-    worker = runtime.workers[0]
+    worker = runtime.rollout.workers[0]
     group = LearnerGroup(cfg, runtime.model_path)
-    sync_weights = WeightSync(weight_sync, group, runtime.workers)
+    sync_weights = WeightSync(weight_sync, group, runtime.rollout.workers)
     try:
         probe = TrainSample(sequence, [0] * len(prompt) + [1] * (len(sequence) - len(prompt)), [0.0] * len(sequence))
         sync_weights()  # the engine may hold an earlier test's weights; collective: forms the group

@@ -37,7 +37,6 @@ async def test_scores_interleaved_groups_in_input_order(trajectory, task):
     assert means["tool_search"] == pytest.approx(0.25)
     assert means["calls_large_generalist"] == pytest.approx(0.25)
     assert not any(k.startswith("pref_") for k in means)
-    assert actor.summary(scored) == means
 
 
 async def test_missing_task_is_named(trajectory, task):
@@ -94,7 +93,6 @@ async def test_ray_actor_with_judge(ray_local, openai_stub_server, make_config, 
         tasks = {"a": task("a", "7", preference={"large_generalist": -1.0})}
 
         scored = await actor.score.remote(batch, tasks)
-        means = await actor.summary.remote(scored)
         await actor.close.remote()
     finally:
         ray.kill(actor)
@@ -103,7 +101,7 @@ async def test_ray_actor_with_judge(ray_local, openai_stub_server, make_config, 
     assert [t.reward for t in scored] == [0.0, 2.0]  # the unjudged answer is also the cheaper one
     assert scored[0].reward_components["cost_usd"] == pytest.approx(.001 + 1000 * 2.0 / 1e6 + 500 * 8.0 / 1e6)
     assert scored[1].reward_components["pref_large_generalist"] == -1.0
-    assert means["outcome"] == 0.5
+    assert summary(scored)["outcome"] == 0.5
 
 
 def test_make_reward_actor_names_an_unknown_judge(make_config):
@@ -111,3 +109,24 @@ def test_make_reward_actor_names_an_unknown_judge(make_config):
     cfg.reward.judge_tool = "jduge"  # set after validation (which would name it too), as a program might
     with pytest.raises(ConfigError, match="reward.judge_tool: no tool named 'jduge' in tools.tools \\(python, "):
         make_reward_actor(cfg, ToolContext())
+
+
+def test_training_step_scoring_reads_the_rollouts_from_the_object_store(ray_local, make_config):
+    """The trainer hands the actor the rollout manager's references, never the trajectories: the actor fetches
+    them, puts them in task order, scores them and returns the batch metrics separately (num_returns=2)."""
+    from tests.reward.conftest import make_task, make_trajectory
+
+    tasks = [make_task("a", "7"), make_task("b", "3")]
+    # Two worker calls that finished out of order, each holding parts of both groups.
+    chunks = [ray.put([make_trajectory("b", "3", group_index=1), make_trajectory("a", "7", [("search", .01, 1.0)])]),
+              ray.put([make_trajectory("b", "4", group_index=0),
+                       make_trajectory("a", "7", [("large_generalist", .03, 1.0)], group_index=1)])]
+    actor = make_reward_actor(make_config("reward.cost_weight=1.0"), ToolContext())
+    scored_ref, metrics_ref = actor.score_rollouts.options(num_returns=2).remote(chunks, tasks, TOOLS)
+    metrics = ray.get(metrics_ref)
+    scored = ray.get(scored_ref)
+    assert [(t.task_id, t.group_index) for t in scored] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert [t.reward for t in scored] == [2.0, 1.0, 0.0, 1.0]
+    assert metrics["rollout/reward"] == pytest.approx(1.0) and metrics["reward/outcome"] == pytest.approx(0.75)
+    assert metrics["tools/search"] == pytest.approx(0.25) and metrics["rollout/tokens"] == 8
+    ray.kill(actor)

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.rollout.agent_loop import TurnBarrier
 from orchestra_rl.rollout.chat import ChatFormat
-from orchestra_rl.runtime import Runtime
+from orchestra_rl.system import System
 from tests.helpers import free_port, policy_segments
 
 
@@ -17,7 +17,7 @@ from tests.helpers import free_port, policy_segments
 def runtime(make_config, ray_local):
     cfg = make_config("tools.tools.python.enabled=false", "rollout.max_turns=3", "rollout.max_tokens_per_turn=80",
                       f"serve.port={free_port()}", "serve.latency_scale=0.01")
-    with Runtime(cfg) as rt:
+    with System(cfg) as rt:
         yield rt
 
 
@@ -38,7 +38,7 @@ def replay(trajectory, chat: ChatFormat, task) -> str:
 @pytest.mark.integration
 def test_multi_turn_tokens_mask_and_logprobs_are_exact(runtime):
     tasks = load_tasks(runtime.world_dir, "test")[:3]
-    trajectories = runtime.rollout(tasks, group_size=2)
+    trajectories = runtime.rollout.rollout(tasks, group_size=2)
     tokenizer = AutoTokenizer.from_pretrained(runtime.model_path)
     chat = ChatFormat(tokenizer, runtime.cfg.rollout.system_prompt, runtime.tool_schemas)
     assert [(t.task_id, t.group_index) for t in trajectories] == [(task.task_id, g) for task in tasks for g in (0, 1)]
@@ -58,7 +58,7 @@ def test_multi_turn_tokens_mask_and_logprobs_are_exact(runtime):
     # The recorded sampling logprobs are the engine's own scores of those tokens in that context (temperature 1):
     # what the learner's importance ratio needs.
     tr = trajectories[0]
-    scored = ray.get(runtime.workers[0].prompt_logprobs.remote(tr.token_ids))
+    scored = ray.get(runtime.rollout.workers[0].prompt_logprobs.remote(tr.token_ids))
     for i, (lp, m) in enumerate(zip(tr.logprobs, tr.loss_mask)):
         if m:
             assert abs(scored[i - 1] - lp) < 1e-3, i

@@ -1,12 +1,12 @@
 """A policy constrained to well-formed tool calls (vLLM structured outputs) drives every tool kind end to end.
 
-Its own module: the simulated experts are one Ray Serve application per cluster, so each Runtime owns it alone.
+Its own module: the simulated experts are one Ray Serve application per cluster, so each System owns it alone.
 """
 
 import pytest
 
 from orchestra_rl.data.world import load_tasks
-from orchestra_rl.runtime import Runtime
+from orchestra_rl.system import System
 from tests.helpers import free_port
 
 
@@ -15,9 +15,9 @@ def test_constrained_policy_calls_tools_and_answers(make_config, ray_local):
     cfg = make_config("tools.tools.python.enabled=false", "rollout.max_turns=4", "rollout.max_tokens_per_turn=96",
                       "rollout.constrained_tools=[search,math_expert,answer]", f"serve.port={free_port()}",
                       "serve.latency_scale=0.01")
-    with Runtime(cfg) as rt:
+    with System(cfg) as rt:
         tasks = load_tasks(rt.world_dir, "test")[:4]
-        trajectories = rt.rollout(tasks, group_size=2)
+        trajectories = rt.rollout.rollout(tasks, group_size=2)
     assert len(trajectories) == 8
     names = set()
     for tr in trajectories:

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 from orchestra_rl.config import final_tool_names
 from orchestra_rl.data.world import is_correct, load_tasks
 from orchestra_rl.rollout.parser import parse_tool_calls
-from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, interleave_families, tools_runtime
+from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, interleave_families, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
                                        read_python)
 from tests.helpers import free_port, policy_segments
@@ -56,7 +56,7 @@ def test_strategies_are_those_that_can_solve_each_family(make_config):
 @pytest.fixture(scope="module")
 def runtime(make_config, ray_local):
     cfg = make_config(f"serve.port={free_port()}")
-    with tools_runtime(cfg) as rt:
+    with tools_system(cfg) as rt:
         yield rt
 
 

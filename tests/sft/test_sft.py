@@ -7,8 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestra_rl.sft.train import DEMOS_FILE, METRICS_FILE, masked_nll_sum, run_sft
-from tests.helpers import free_port
+from orchestra_rl.sft.train import DEMOS_FILE, METRICS_FILE, masked_nll_sum
 
 
 def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
@@ -20,11 +19,9 @@ def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
 
 
 @pytest.mark.integration
-def test_sft_learns_the_tool_call_format(make_config, ray_local, tmp_path):
-    out = tmp_path / "sft"
-    cfg = make_config(f"serve.port={free_port()}", f"sft.output_dir={out}", "sft.num_demos=64", "sft.epochs=6",
-                      "sft.batch_size=8", "sft.lr=3e-3", "sft.num_workers=2")
-    checkpoint = run_sft(cfg)
+@pytest.mark.e2e
+def test_sft_learns_the_tool_call_format(sft_run):
+    out, checkpoint = Path(sft_run[0]), sft_run[1]
     assert checkpoint == str(out / "checkpoint")
     assert len((out / DEMOS_FILE).read_text().splitlines()) == 64
 

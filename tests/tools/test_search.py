@@ -6,7 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orchestra_rl.config import ConfigError, DataConfig, ToolConfig
-from orchestra_rl.data.world import build_world, load_tasks, normalize_answer
+from orchestra_rl.data.world import build_world, load_tasks
+from orchestra_rl.reward.outcome import normalize_answer
 from orchestra_rl.tools.base import ToolContext
 from orchestra_rl.tools.search import SearchTool, from_config
 

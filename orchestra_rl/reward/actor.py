@@ -65,9 +65,6 @@ class RewardActor:
                 scored[i] = t
         return scored
 
-    def summary(self, scored: list[Trajectory]) -> dict[str, float]:
-        return summary(scored)
-
     async def close(self) -> None:
         if self.judge_tool is not None:
             await self.judge_tool.close()

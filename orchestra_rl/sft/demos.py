@@ -128,14 +128,6 @@ def write_demos(demos: list[Trajectory], tasks: list[Task], answer_tool: str, pa
                                 "token_ids": tr.token_ids, "loss_mask": tr.loss_mask}) + "\n")
 
 
-def read_demos(path: str | Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for i, row in enumerate(rows):
-        if len(row.get("token_ids", [])) != len(row.get("loss_mask", [])) or not any(row.get("loss_mask", [])):
-            raise ValueError(f"{path}: row {i + 1} needs token_ids and loss_mask of equal length, some mask 1")
-    return rows
-
-
 def demo_mix(demos: list[Trajectory], tasks: list[Task], answer_tool: str) -> dict[str, Any]:
     """Per family: how many demonstrations use each strategy and how many end with the correct answer."""
     gold = {t.task_id: t.answer for t in tasks}

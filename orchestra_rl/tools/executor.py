@@ -110,6 +110,3 @@ class ToolPool:
 
     async def call(self, name: str, arguments: dict[str, Any], task: str = "") -> ToolResult:
         return await next(self._next).call.remote(name, arguments, task)
-
-    async def schemas(self) -> list[dict[str, Any]]:
-        return await self.executors[0].schemas.remote()

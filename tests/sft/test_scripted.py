@@ -1,6 +1,8 @@
 """The scripted policy: unit checks of its pieces, and demonstrations through the real agent loop and tools
 (ToolExecutor actor with the python sandbox and BM25 search, simulated experts on Ray Serve)."""
 
+import json
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -108,11 +110,9 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
 
 @pytest.mark.integration
 def test_generate_demos_covers_every_family_and_writes_jsonl(runtime, tmp_path):
-    from orchestra_rl.sft.demos import read_demos
-
     demos = generate_demos(runtime.cfg, runtime, 12, out_path=tmp_path / "demos.jsonl")
     assert len(demos) == 12 and {d.family for d in demos} == {"arithmetic", "lookup", "multihop", "hard"}
-    rows = read_demos(tmp_path / "demos.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "demos.jsonl").read_text().splitlines()]
     assert [(r["task_id"], r["token_ids"], r["loss_mask"]) for r in rows] == \
         [(d.task_id, d.token_ids, d.loss_mask) for d in demos]
     correct = generate_demos(runtime.cfg, runtime, 8, only_correct=True)

@@ -122,6 +122,13 @@ async def test_tavily_retries_transient_errors(fake_tavily):
     assert _FakeTavily.requests[0]["max_results"] == 2
 
 
+def test_deadline_leaves_room_for_the_tavily_retries(tool, monkeypatch):
+    monkeypatch.setenv("ORCHESTRA_TEST_TAVILY_KEY", "test-key")
+    web = _tavily_tool("http://127.0.0.1:9", max_retries=2)
+    assert web.deadline_s == 3 * web.cfg.timeout_s + 0.5 + 1.0  # every attempt times out, both backoffs
+    assert tool.deadline_s == tool.cfg.timeout_s  # bm25: one lookup in memory
+
+
 async def test_tavily_gives_up_after_max_retries(fake_tavily):
     _FakeTavily.failures = 10
     result = await _tavily_tool(fake_tavily, max_retries=1).call({"query": "anything"})

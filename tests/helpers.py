@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+
+import pytest
 
 from orchestra_rl.types import Task, ToolCallRecord, ToolResult, Trajectory, Turn
 
@@ -11,6 +14,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip the test unless `condition` holds: a real part it needs is missing on this machine. On CI (CI=true)
+    fail instead, so that a run which never exercised that part cannot pass."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, yet {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_sandbox() -> None:
+    """`require` the python tool's sandbox: bubblewrap, prlimit and writable cgroup v1 pids/memory/freezer."""
+    from orchestra_rl.tools.sandbox import SandboxUnavailable, check_sandbox
+
+    try:
+        check_sandbox()
+    except SandboxUnavailable as e:
+        require(False, str(e))
 
 
 def policy_segments(trajectory) -> list[list[int]]:

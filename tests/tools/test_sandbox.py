@@ -26,14 +26,12 @@ from orchestra_rl.tools.sandbox import (
     run_sandboxed_async,
     sandbox_main,
 )
+from tests.helpers import require_sandbox
 
 
 @pytest.fixture
 def limits() -> SandboxLimits:
-    try:
-        check_sandbox()
-    except SandboxUnavailable as e:
-        pytest.skip(str(e))
+    require_sandbox()
     defaults = SandboxLimits.from_tool_config(ToolConfig(kind="python"))
     return replace(defaults, cpu_time_s=1, wall_timeout_s=5, memory_mb=256, max_file_mb=4, max_output_bytes=1000)
 

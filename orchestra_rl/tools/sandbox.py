@@ -1,4 +1,4 @@
-"""Run untrusted, model-written Python in a bubblewrap sandbox with hard limits (DESIGN.md §3 "Sandboxing").
+"""Run untrusted, model-written Python in a bubblewrap sandbox with hard limits (docs/tools.md, "The python sandbox").
 
 Isolation, per run:
 - bubblewrap with every namespace unshared (no network: only a private, empty loopback), a new user namespace

@@ -318,9 +318,8 @@ def run_sandboxed(code: str, limits: SandboxLimits) -> SandboxResult:
     return asyncio.run(run_sandboxed_async(code, limits))
 
 
-def sandbox_main(code: str, cfg: ToolConfig | None = None) -> int:
+def sandbox_main(code: str, cfg: ToolConfig) -> int:
     """`orchestra-rl sandbox -c CODE`: run one snippet with the python tool's limits and print the result as JSON."""
-    limits = SandboxLimits.from_tool_config(cfg or ToolConfig(kind="python"))
-    result = run_sandboxed(code, limits)
+    result = run_sandboxed(code, SandboxLimits.from_tool_config(cfg))
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.exit_code == 0 and result.killed_reason is None else 1

@@ -29,14 +29,21 @@ else
   echo "$want" > "$stamp"
 fi
 
-# bubblewrap sandboxes the python tool. Without it the python tool refuses to run code (clear error) and the
-# sandbox tests fail: install it where apt is available.
-if ! command -v bwrap >/dev/null; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "setup: installing bubblewrap"
-    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
-  else
-    echo "setup: WARNING bubblewrap (bwrap) is missing and apt-get is unavailable or not root;" \
-         "the python tool will refuse to run code until it is installed" >&2
-  fi
+# The python tool's sandbox (orchestra_rl/tools/sandbox.py, docs/tools.md) needs bwrap, prlimit, and writable cgroup
+# v1 pids/memory/freezer controllers under /sys/fs/cgroup, i.e. root on a cgroup v1 host. Without it the python
+# tool cannot be built, so train, sft, eval and bench stop at start-up, and the sandbox tests skip (fail if CI=true).
+if ! command -v bwrap >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing bubblewrap"
+  apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+fi
+if ! problem=$($PY -c '
+import sys
+from orchestra_rl.tools.sandbox import SandboxUnavailable, check_sandbox
+try:
+    check_sandbox()
+except SandboxUnavailable as e:
+    sys.exit(str(e))' 2>&1); then
+  echo "setup: WARNING the python sandbox cannot run here: $problem" >&2
+  echo "setup: until it can, train, sft, eval and bench stop at start-up (tools.tools.python.enabled=false runs" \
+       "them without the python tool), and the sandbox tests skip (and fail when CI=true)" >&2
 fi

@@ -1,14 +1,17 @@
-"""Trainer checkpoints: `<run>/checkpoints/step_<k>/` holds the learners' files (the policy as an HF directory
-that transformers and vLLM load, optimiser state) and trainer_state.json (step, data position, RNG, W&B id)."""
+"""Trainer checkpoints: `<run>/checkpoints/step_<k>/` holds the learners' files (POLICY_DIR: the policy as an HF
+directory that transformers and vLLM load; optimiser state) and trainer_state.json (step, data position, W&B id).
+
+No RNG state is saved: the driver draws from no global generator (the task stream is seeded by position, see
+data.sampler), so step and data position are all a resumed run needs to see the same tasks.
+"""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import torch
+POLICY_DIR = "policy"  # <checkpoint>/policy: an HF model directory (transformers, vLLM, `model.path=`)
 
 
 def checkpoint_dir(run_dir: str, step: int) -> Path:
@@ -22,17 +25,11 @@ def latest_checkpoint(run_dir: str) -> Path | None:
 
 
 def save_trainer_state(ckpt: Path, step: int, data_position: int, wandb_id: str) -> None:
-    state = {"step": step, "data_position": data_position, "wandb_id": wandb_id,
-             "python_rng": repr(random.getstate()), "torch_rng": torch.get_rng_state().tolist()}
+    state = {"step": step, "data_position": data_position, "wandb_id": wandb_id}
     tmp = ckpt / "trainer_state.json.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(ckpt / "trainer_state.json")
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
-    import ast
-
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    random.setstate(ast.literal_eval(state["python_rng"]))
-    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    return state
+    return json.loads((ckpt / "trainer_state.json").read_text())

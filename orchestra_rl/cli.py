@@ -1,4 +1,5 @@
-"""`orchestra-rl`: the command line. Every subcommand takes Hydra overrides (key=value ...) after its name."""
+"""`orchestra-rl`: the command line. Every subcommand but `report` (which takes paths) takes Hydra overrides
+(key=value ...) after its name."""
 
 from __future__ import annotations
 
@@ -87,14 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("overrides", nargs="*")
     report = sub.add_parser("report", help="compare train runs side by side (their train_report.json)")
     report.add_argument("paths", nargs="+", help="train_report.json files or folders holding them (multirun/...)")
-    sandbox = sub.add_parser("sandbox", help="run one Python snippet in the sandbox; prints the JSON result")
+    sandbox = sub.add_parser("sandbox", help="run one Python snippet in the python tool's sandbox, with its "
+                                              "configured limits (tools.tools.python.*); prints the JSON result")
     sandbox.add_argument("-c", dest="code", required=True, help="the code to run")
+    sandbox.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    if args.command == "sandbox":
-        from orchestra_rl.tools.sandbox import sandbox_main
-
-        return sandbox_main(args.code)
     if args.command == "report":
         from orchestra_rl.eval.report import load_train_reports, print_runs
 
@@ -111,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _config(args.overrides)
     if args.command in ("train", "sft", "eval", "config", "bench"):
         _run(args.command, cfg)
+    elif args.command == "sandbox":
+        from orchestra_rl.tools.sandbox import sandbox_main
+
+        python_tool = cfg.tools.tools.get("python")
+        if python_tool is None or python_tool.kind != "python":
+            print("sandbox: no tool named 'python' of kind python in tools.tools, whose limits to use", file=sys.stderr)
+            return 2
+        return sandbox_main(args.code, python_tool)
     elif args.command == "data":
         from orchestra_rl.data.world import build_world
 

@@ -199,7 +199,7 @@ class BenchConfig:
 
 @dataclass
 class RewardConfig:
-    """DESIGN.md §2. group: R = o·(1 + P_cost·ĉ + P_lat·l̂ + Σ_t P_t·n̂_t) with group-normalised terms.
+    """docs/rewards.md. group: R = o·max(0.1, 1 + P_cost·ĉ + P_lat·l̂ + Σ_t P_t·n̂_t) with group-normalised terms.
     absolute: R = o − λ_c·C − λ_l·L (for PPO/critic runs)."""
 
     mode: str = "group"  # group | absolute
@@ -210,7 +210,7 @@ class RewardConfig:
     lambda_cost: float = 0.0  # absolute mode: $ → reward
     lambda_latency: float = 0.0  # absolute mode: s → reward
     # Optional LLM judge (an OpenAI-compatible endpoint) for outcome; its own cost is added to the trajectory's.
-    judge_tool: str = ""  # name of an llm tool in tools.tools; empty: exact match after normalisation
+    judge_tool: str = ""  # name of an llm tool in tools.tools; empty: the rule-based verifiers only
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from orchestra_rl.checkpoint import checkpoint_dir, latest_checkpoint, load_trainer_state, save_trainer_state
+from orchestra_rl.checkpoint import (POLICY_DIR, checkpoint_dir, latest_checkpoint, load_trainer_state,
+                                     save_trainer_state)
 from orchestra_rl.config import Config
 from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.data.world import load_tasks
@@ -46,7 +47,7 @@ def warm_start(cfg: Config, run_dir: Path) -> tuple[str, dict[str, Any] | None]:
     resume_from = latest_checkpoint(str(run_dir)) if cfg.train.resume else None
     if resume_from is not None:
         print(f"resuming from {resume_from}")
-        return str(resume_from / "policy"), load_trainer_state(resume_from)
+        return str(resume_from / POLICY_DIR), load_trainer_state(resume_from)
     if cfg.sft.enabled:
         from orchestra_rl.sft.train import run_sft
 

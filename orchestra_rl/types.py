@@ -22,7 +22,7 @@ class Task:
     family: str  # arithmetic | lookup | multihop | hard (toolscale-mini), or any dataset-defined family
     question: str
     answer: str
-    # Per-task user preference: weights for "cost", "latency" and any tool name (see DESIGN.md §2).
+    # Per-task user preference: weights for "cost", "latency" and any tool name (see docs/rewards.md).
     preference: dict[str, float] = field(default_factory=dict)
     preference_text: str = ""  # the same preference in words, shown to the orchestrator
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,12 +1,39 @@
 """Small helpers shared by test modules."""
 
+from __future__ import annotations
+
+import os
 import socket
+
+import pytest
+
+from orchestra_rl.types import Task, ToolCallRecord, ToolResult, Trajectory, Turn
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip the test unless `condition` holds: a real part it needs is missing on this machine. On CI (CI=true)
+    fail instead, so that a run which never exercised that part cannot pass."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, yet {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_sandbox() -> None:
+    """`require` the python tool's sandbox: bubblewrap, prlimit and writable cgroup v1 pids/memory/freezer."""
+    from orchestra_rl.tools.sandbox import SandboxUnavailable, check_sandbox
+
+    try:
+        check_sandbox()
+    except SandboxUnavailable as e:
+        require(False, str(e))
 
 
 def policy_segments(trajectory) -> list[list[int]]:
@@ -19,3 +46,18 @@ def policy_segments(trajectory) -> list[list[int]]:
             segments[-1].append(token)
         previous = m
     return segments
+
+
+def make_trajectory(task_id: str = "t", answer: str | None = "1", calls: tuple = (), policy_cost: float = 0.0,
+                    group_index: int = 0, family: str = "arithmetic") -> Trajectory:
+    """`calls`: (tool name, cost $, latency s) each in a turn of its own, so latencies add up."""
+    turns = [Turn(text="", num_tokens=1, finish_reason="tool_call",
+                  calls=[ToolCallRecord(turn=i, name=name, arguments={}, result=ToolResult("", cost, latency))])
+             for i, (name, cost, latency) in enumerate(calls)]
+    return Trajectory(task_id=task_id, family=family, group_index=group_index, token_ids=[1, 2],
+                      logprobs=[0.0, -0.5], loss_mask=[0, 1], prompt_length=1, turns=turns, final_answer=answer,
+                      stop_reason="answer", policy_cost_usd=policy_cost)
+
+
+def make_task(task_id: str = "t", answer: str = "1", family: str = "arithmetic", **kwargs) -> Task:
+    return Task(task_id=task_id, family=family, question=f"question of {task_id}", answer=answer, **kwargs)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from orchestra_rl.config import ConfigError, describe_error, load_config
+from orchestra_rl.config import ConfigError, describe_error, final_tool_names, load_config
 
 
 def error_line(*overrides: str) -> str:
@@ -18,6 +18,13 @@ def test_default_config_is_valid():
     cfg = load_config()
     assert cfg.model.name == "tiny" and cfg.rollout.mode == "async"
     assert {"python", "search", "math_expert", "small_generalist", "large_generalist", "answer"} <= set(cfg.tools.tools)
+
+
+def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
+    # The agent loop ends a trajectory on a successful call of one of these, with its result as the answer.
+    assert final_tool_names(load_config()) == {"answer", "math_expert", "small_generalist", "large_generalist"}
+    cfg = load_config(["tools.tools.math_expert.final_answer=false", "tools.tools.large_generalist.enabled=false"])
+    assert final_tool_names(cfg) == {"answer", "small_generalist"}
 
 
 @pytest.mark.parametrize("override, expected", [

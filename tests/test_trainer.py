@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.data.world import load_tasks
 from tests.helpers import free_port
@@ -57,7 +58,7 @@ def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_
     ckpt = run_dir / "checkpoints" / "step_000002"
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["data_position"] == 2 * TASKS_PER_STEP
-    model = AutoModelForCausalLM.from_pretrained(ckpt / "policy")
+    model = AutoModelForCausalLM.from_pretrained(ckpt / POLICY_DIR)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
     train(cache_dir, run_dir, policy, "train.steps=3", "algo=grpo", "train.resume=true")

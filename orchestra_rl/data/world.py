@@ -23,7 +23,6 @@ import hashlib
 import json
 import operator
 import random
-import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -76,20 +75,7 @@ _COUNTRY_ENDINGS = ["ia", "land", "mark", "stan", "ora", "heim"]
 _COMPANY_SUFFIXES = ["Industries", "Systems", "Labs", "Holdings", "Dynamics", "Works"]
 
 
-# ---------------------------------------------------------------- answers
-
-
-def normalize_answer(s: Any) -> str:
-    """Canonical form for comparing answers: lowercase, no commas, no leading "the answer is", no trailing period
-    or ".0", single spaces."""
-    s = " ".join(str(s).lower().replace(",", "").split()).rstrip(".")
-    s = re.sub(r"^the (?:final )?answer is:? ", "", s)
-    return re.sub(r"(?<=\d)\.0+$", "", s)
-
-
-def is_correct(pred: str | None, gold: str) -> bool:
-    """Exact match after normalisation; no answer is never correct."""
-    return pred is not None and normalize_answer(pred) == normalize_answer(gold)
+# ---------------------------------------------------------------- arithmetic
 
 
 _BINARY_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestra_rl.data.world import is_correct
+from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.types import Task, Trajectory
 
 
@@ -22,7 +22,7 @@ def _summary(trajectories: list[Trajectory], gold: dict[str, str],
         calls.update(t.tool_counts(tool_names))
     return {
         "trajectories": n,
-        "accuracy": fmean(is_correct(t.final_answer, gold[t.task_id]) for t in trajectories),
+        "accuracy": fmean(is_correct(t.final_answer, gold[t.task_id], t.family) for t in trajectories),
         "cost_usd": fmean(t.cost_usd for t in trajectories),
         "latency_s": fmean(t.latency_s for t in trajectories),
         "turns": fmean(len(t.turns) for t in trajectories),
@@ -36,8 +36,8 @@ def _summary(trajectories: list[Trajectory], gold: dict[str, str],
 
 def summarize(trajectories: list[Trajectory], tasks: list[Task],
               tool_names: Collection[str] | None = None) -> dict[str, Any]:
-    """Overall and per-family metrics. Outcome is exact match after normalisation (the world's verifier). Calls to
-    names outside `tool_names` (if given) count as UNKNOWN_TOOL."""
+    """Overall and per-family metrics. Accuracy counts the answers the reward's rules accept (reward.outcome; never
+    the LLM judge). Calls to names outside `tool_names` (if given) count as UNKNOWN_TOOL."""
     if not trajectories:
         raise ValueError("no trajectories to summarize")
     gold = {t.task_id: t.answer for t in tasks}

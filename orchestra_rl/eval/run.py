@@ -11,8 +11,9 @@ from typing import Any
 from tqdm import tqdm
 
 from orchestra_rl.config import Config, as_plain
-from orchestra_rl.data.world import is_correct, load_tasks
+from orchestra_rl.data.world import load_tasks
 from orchestra_rl.eval.report import print_summary, summarize
+from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.system import System
 from orchestra_rl.types import Trajectory
 
@@ -30,7 +31,7 @@ def evaluate(system: System, split: str, max_tasks: int, group_size: int, desc: 
     with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:
         def on_done(group: list[Trajectory]) -> None:
             nonlocal correct
-            correct += sum(is_correct(t.final_answer, gold[t.task_id]) for t in group)
+            correct += sum(is_correct(t.final_answer, gold[t.task_id], t.family) for t in group)
             bar.update(len(group))
             bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
 

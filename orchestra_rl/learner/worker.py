@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.config import Config
 from orchestra_rl.learner import algorithms as algo_fns
 from orchestra_rl.learner import fsdp
@@ -27,7 +28,6 @@ from orchestra_rl.learner.batching import MicroBatch, micro_batches, pack, split
 from orchestra_rl.types import TrainSample
 from orchestra_rl.weight_sync import CollectiveTransport, FileTransport, Metadata, engine_tensors
 
-POLICY_DIR = "policy"  # <checkpoint>/policy: an HF model directory (transformers, vLLM, `model.path=`)
 STATE_DIR = "learner"  # <checkpoint>/learner: optimiser states, critic, update count
 
 

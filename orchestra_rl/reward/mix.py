@@ -1,4 +1,4 @@
-"""Outcome × efficiency × preference (DESIGN.md §2), computed over a GROUP: the n rollouts of one task.
+"""Outcome × efficiency × preference (docs/rewards.md), computed over a GROUP: the n rollouts of one task.
 
 Group form:    R_i = o_i · m_i,  m_i = max(MIN_CORRECT_MULTIPLIER, 1 + P_cost·ĉ_i + P_lat·l̂_i + Σ_t P_t·n̂_{i,t})
                ĉ_i = (C_max − C_i)/(C_max − C_min),  l̂_i = (L_max − L_i)/(L_max − L_min)   (1 = cheapest/fastest)

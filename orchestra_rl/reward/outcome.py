@@ -1,10 +1,11 @@
-"""Outcome o ∈ [0, 1] of a trajectory (DESIGN.md §2): a rule-based verifier per task family, or an LLM judge.
+"""Outcome o ∈ [0, 1] of a trajectory (docs/rewards.md): a rule-based verifier per task family, or an LLM judge.
 
-Rules first: exact match after normalisation (data.world.is_correct), and for families with numeric answers,
-numeric equality ("1,234" = "1234.0" = "1.234e3"). The optional judge asks a model behind an
+The rules are the one definition of a right answer: the reward's outcome, eval accuracy (eval.report) and the
+`correct` of SFT demonstrations all call `answer_score`. Exact match after normalisation, and for families with
+numeric answers, numeric equality ("1,234" = "1234.0" = "1.234e3"). The optional judge asks a model behind an
 OpenAI-compatible endpoint whether a prediction the rules reject still means the gold answer (a paraphrase, a
-unit written out). A judge call costs money like any other LLM call, so its cost becomes part of the
-trajectory's cost (see reward.mix.trajectory_cost).
+unit written out); only the reward asks it. A judge call costs money like any other LLM call, so its cost
+becomes part of the trajectory's cost (see reward.mix.trajectory_cost).
 """
 
 from __future__ import annotations
@@ -12,19 +13,28 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from orchestra_rl.data.world import is_correct
-from orchestra_rl.tools.llm import LLMTool
 from orchestra_rl.types import Task, ToolResult, Trajectory
+
+if TYPE_CHECKING:  # importing openai takes ~1 s; eval and `report` use the rules without it
+    from orchestra_rl.tools.llm import LLMTool
 
 log = logging.getLogger(__name__)
 
 Verifier = Callable[[str, str], float]  # (prediction, gold) -> score in [0, 1]
 
 
+def normalize_answer(s: Any) -> str:
+    """Canonical form for comparing answers: lowercase, no commas, no leading "the answer is", no trailing period
+    or ".0", single spaces."""
+    s = " ".join(str(s).lower().replace(",", "").split()).rstrip(".")
+    s = re.sub(r"^the (?:final )?answer is:? ", "", s)
+    return re.sub(r"(?<=\d)\.0+$", "", s)
+
+
 def exact_match(prediction: str, gold: str) -> float:
-    return float(is_correct(prediction, gold))
+    return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
 def _number(text: str) -> float | None:
@@ -55,11 +65,21 @@ VERIFIERS: dict[str, Verifier] = {
 }
 
 
-def outcome_score(trajectory: Trajectory, task: Task) -> float:
-    """o ∈ [0, 1] by the rules of the task's family. No final answer scores 0."""
-    if trajectory.final_answer is None:
+def answer_score(prediction: str | None, gold: str, family: str) -> float:
+    """o ∈ [0, 1] of `prediction` by the rules of its task family. No answer scores 0."""
+    if prediction is None:
         return 0.0
-    return VERIFIERS.get(task.family, exact_match)(trajectory.final_answer, task.answer)
+    return VERIFIERS.get(family, exact_match)(prediction, gold)
+
+
+def is_correct(prediction: str | None, gold: str, family: str) -> bool:
+    """Whether the rules accept `prediction` fully: what eval accuracy counts."""
+    return answer_score(prediction, gold, family) == 1.0
+
+
+def outcome_score(trajectory: Trajectory, task: Task) -> float:
+    """o ∈ [0, 1] of the trajectory's final answer by the rules of the task's family."""
+    return answer_score(trajectory.final_answer, task.answer, task.family)
 
 
 JUDGE_PROMPT = """You grade answers. Decide whether the predicted answer means the same as the gold answer \

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestra_rl.config import Config, final_tool_names
-from orchestra_rl.data.world import is_correct, load_tasks
+from orchestra_rl.data.world import load_tasks
+from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.system import System
@@ -103,7 +104,8 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
         items = [(tasks[i % len(tasks)], i // len(tasks)) for i in range(attempted, attempted + n)]
         attempted += n
         for tr in scripted.run(items):
-            if tr.stop_reason == "answer" and (not only_correct or is_correct(tr.final_answer, gold[tr.task_id])):
+            correct = is_correct(tr.final_answer, gold[tr.task_id], tr.family)
+            if tr.stop_reason == "answer" and (correct or not only_correct):
                 kept.append(tr)
     if len(kept) < num_demos:
         raise RuntimeError(f"only {len(kept)} of {num_demos} demonstrations succeeded in {attempted} attempts "
@@ -122,16 +124,8 @@ def write_demos(demos: list[Trajectory], tasks: list[Task], answer_tool: str, pa
         for tr in demos:
             f.write(json.dumps({"task_id": tr.task_id, "family": tr.family, "group_index": tr.group_index,
                                 "strategy": strategy_of(tr, answer_tool), "final_answer": tr.final_answer,
-                                "correct": is_correct(tr.final_answer, gold[tr.task_id]),
+                                "correct": is_correct(tr.final_answer, gold[tr.task_id], tr.family),
                                 "token_ids": tr.token_ids, "loss_mask": tr.loss_mask}) + "\n")
-
-
-def read_demos(path: str | Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for i, row in enumerate(rows):
-        if len(row.get("token_ids", [])) != len(row.get("loss_mask", [])) or not any(row.get("loss_mask", [])):
-            raise ValueError(f"{path}: row {i + 1} needs token_ids and loss_mask of equal length, some mask 1")
-    return rows
 
 
 def demo_mix(demos: list[Trajectory], tasks: list[Task], answer_tool: str) -> dict[str, Any]:
@@ -142,7 +136,7 @@ def demo_mix(demos: list[Trajectory], tasks: list[Task], answer_tool: str) -> di
         of_family = [d for d in demos if d.family == family]
         mix[family] = {
             "demos": len(of_family),
-            "correct": sum(is_correct(d.final_answer, gold[d.task_id]) for d in of_family),
+            "correct": sum(is_correct(d.final_answer, gold[d.task_id], d.family) for d in of_family),
             "strategies": dict(Counter(strategy_of(d, answer_tool) for d in of_family).most_common()),
         }
     return mix

@@ -1,7 +1,8 @@
 """The answer tool: the orchestrator's final answer to the user's task.
 
-Calling it ends the trajectory. The agent loop does that, recognising the tool by `ends_episode`; the tool itself
-only echoes the answer back, so the answer is recorded like any other tool call.
+A successful call ends the trajectory. The agent loop does that, for every tool that config.final_tool_names
+lists (answer tools, and llm tools with final_answer); the tool itself only echoes the answer back, so the answer
+is recorded like any other tool call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from orchestra_rl.types import ToolResult
 
 
 class AnswerTool(Tool):
-    ends_episode = True
     parameters = {
         "type": "object",
         "properties": {"answer": {"type": "string", "description": "The final answer, as short as possible."}},

@@ -32,8 +32,6 @@ class Tool(abc.ABC):
     """Base of every tool. Subclasses set `parameters` (JSON schema) and implement `run`."""
 
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
-    # True for the tool whose call finishes the trajectory (the answer tool); the agent loop checks it.
-    ends_episode: bool = False
 
     def __init__(self, name: str, description: str, pricing: Pricing = Pricing()):
         self.name = name

@@ -47,7 +47,7 @@ class ToolExecutor:
     def __init__(self, tools_cfg: ToolsConfig, ctx: ToolContext):
         self.tools = build_tools(tools_cfg, ctx)
         self.slots = {name: asyncio.Semaphore(tools_cfg.tools[name].max_concurrency) for name in self.tools}
-        # Tools that retry internally (llm) may take longer than one timeout; they declare their worst case.
+        # Tools that retry (llm, tavily search) may take longer than one timeout; they declare their worst case.
         self.deadlines = {
             name: getattr(tool, "deadline_s", tools_cfg.tools[name].timeout_s) + DEADLINE_MARGIN_S
             for name, tool in self.tools.items()
@@ -110,6 +110,3 @@ class ToolPool:
 
     async def call(self, name: str, arguments: dict[str, Any], task: str = "") -> ToolResult:
         return await next(self._next).call.remote(name, arguments, task)
-
-    async def schemas(self) -> list[dict[str, Any]]:
-        return await self.executors[0].schemas.remote()

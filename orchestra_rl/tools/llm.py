@@ -1,17 +1,13 @@
 """A model behind any OpenAI-compatible /v1/chat/completions endpoint, used as a tool (expert or generalist).
 
-Remote calls fail in ordinary ways (rate limits, overloaded servers, dropped connections), so a call is retried
-a bounded number of times with exponential backoff; a request the server rejects as wrong (4xx) is not retried.
-A call never raises into the agent loop for such failures: it returns a ToolResult with `error` set, which the
-policy sees and the reward counts.
+A call is retried (tools/retry.py) on timeouts, connection errors, rate limits and server errors; a request the
+server rejects as wrong (other 4xx) is not retried. A call never raises into the agent loop for such failures: it
+returns a ToolResult with `error` set, which the policy sees and the reward counts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import random
 import time
 from typing import Any
 
@@ -19,27 +15,18 @@ import openai
 
 from orchestra_rl.config import ConfigError, ToolConfig
 from orchestra_rl.tools.base import Pricing, Tool, ToolContext
+from orchestra_rl.tools.retry import CallFailed, Retry
 from orchestra_rl.types import ToolResult
-
-log = logging.getLogger(__name__)
 
 # Sent when the endpoint needs no key (local servers); the openai client refuses an empty one.
 NO_API_KEY = "not-needed"
 
 
 def is_retryable(exc: Exception) -> bool:
-    """Transient failures: timeouts, connection errors, rate limits (429) and server errors (5xx)."""
-    if isinstance(exc, (TimeoutError, openai.APIConnectionError)):  # APITimeoutError is an APIConnectionError
+    """Transient API failures: connection errors, rate limits (429) and server errors (5xx)."""
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is an APIConnectionError
         return True
     return isinstance(exc, openai.APIStatusError) and (exc.status_code == 429 or exc.status_code >= 500)
-
-
-def describe(exc: Exception, max_chars: int = 300) -> str:
-    """One line for the policy and the log; cut short, as a proxy's error page can be a whole HTML document."""
-    if isinstance(exc, TimeoutError):
-        return "TimeoutError: no response in time"
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
 class LLMTool(Tool):
@@ -73,27 +60,15 @@ class LLMTool(Tool):
         super().__init__(name, description, pricing)
         self.model = model
         self.include_task = include_task
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.retry = Retry(max_retries, timeout_s, backoff_s, backoff_max_s)
         # max_retries=0: the client's own retries would multiply ours and hide attempts from latency and logs.
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
 
     @property
     def deadline_s(self) -> float:
-        """Worst-case wall time of one call: every attempt times out and every backoff is the longest."""
-        backoffs = sum(self.backoff_delay_max(a) for a in range(self.max_retries))
-        return (self.max_retries + 1) * self.timeout_s + backoffs
-
-    def backoff_delay_max(self, attempt: int) -> float:
-        return min(self.backoff_max_s, self.backoff_s * 2**attempt)
-
-    def backoff_delay(self, attempt: int) -> float:
-        # Jitter in [max/2, max]: spreads out retries of calls that failed together, keeps a lower bound.
-        return self.backoff_delay_max(attempt) * random.uniform(0.5, 1.0)
+        return self.retry.deadline_s
 
     def messages(self, arguments: dict[str, Any], task: str = "") -> list[dict[str, str]]:
         # The question is the last user message, so a server can read it without parsing the context; with
@@ -106,26 +81,13 @@ class LLMTool(Tool):
     async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         messages = self.messages(arguments, task)
         start = time.perf_counter()
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                # httpx's timeout applies per network phase; this bounds the whole attempt in wall time.
-                async with asyncio.timeout(self.timeout_s):
-                    response = await self.client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,
-                        max_tokens=self.max_tokens,
-                        temperature=self.temperature,
-                    )
-                break
-            except (TimeoutError, openai.APIError) as exc:
-                retry = is_retryable(exc) and attempt + 1 < attempts
-                log.warning("tool %s (model %s) attempt %d/%d failed: %s%s", self.name, self.model, attempt + 1,
-                            attempts, describe(exc), "; retrying" if retry else "")
-                if not retry:
-                    return self.failure(exc, attempt + 1, time.perf_counter() - start)
-                await asyncio.sleep(self.backoff_delay(attempt))
-
+        try:
+            response = await self.retry.call(
+                lambda: self.client.chat.completions.create(
+                    model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=self.temperature),
+                errors=(openai.APIError,), transient=is_retryable, what=f"tool {self.name} (model {self.model})")
+        except CallFailed as failed:
+            return self.failure(failed, time.perf_counter() - start)
         usage = response.usage
         tokens_in = usage.prompt_tokens if usage else 0
         tokens_out = usage.completion_tokens if usage else 0
@@ -137,9 +99,9 @@ class LLMTool(Tool):
             tokens_out=tokens_out,
         )
 
-    def failure(self, exc: Exception, attempts: int, latency_s: float) -> ToolResult:
+    def failure(self, failed: CallFailed, latency_s: float) -> ToolResult:
         # A failed call is not billed: providers do not charge for requests that return no completion.
-        error = f"model {self.model!r} failed after {attempts} attempt(s): {describe(exc)}"
+        error = f"model {self.model!r} {failed}"
         return ToolResult(text=f"Error: {error}", latency_s=latency_s, error=error)
 
     async def close(self) -> None:

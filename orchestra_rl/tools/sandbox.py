@@ -1,4 +1,4 @@
-"""Run untrusted, model-written Python in a bubblewrap sandbox with hard limits (DESIGN.md §3 "Sandboxing").
+"""Run untrusted, model-written Python in a bubblewrap sandbox with hard limits (docs/tools.md, "The python sandbox").
 
 Isolation, per run:
 - bubblewrap with every namespace unshared (no network: only a private, empty loopback), a new user namespace
@@ -318,9 +318,8 @@ def run_sandboxed(code: str, limits: SandboxLimits) -> SandboxResult:
     return asyncio.run(run_sandboxed_async(code, limits))
 
 
-def sandbox_main(code: str, cfg: ToolConfig | None = None) -> int:
+def sandbox_main(code: str, cfg: ToolConfig) -> int:
     """`orchestra-rl sandbox -c CODE`: run one snippet with the python tool's limits and print the result as JSON."""
-    limits = SandboxLimits.from_tool_config(cfg or ToolConfig(kind="python"))
-    result = run_sandboxed(code, limits)
+    result = run_sandboxed(code, SandboxLimits.from_tool_config(cfg))
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.exit_code == 0 and result.killed_reason is None else 1

@@ -20,12 +20,14 @@ import tavily
 
 from orchestra_rl.config import ConfigError, ToolConfig
 from orchestra_rl.tools.base import Pricing, Tool, ToolContext
+from orchestra_rl.tools.retry import CallFailed, Retry
 from orchestra_rl.types import ToolResult
 
 # Worth retrying: timeouts, rate limits, dropped connections and 5xx. A bad key or a bad request is not.
 _TRANSIENT_TAVILY_ERRORS = (tavily.errors.TimeoutError, tavily.UsageLimitExceededError,
                             requests.ConnectionError, requests.Timeout, requests.HTTPError)
 _PERMANENT_TAVILY_ERRORS = (tavily.InvalidAPIKeyError, tavily.BadRequestError, tavily.errors.ForbiddenError)
+_TAVILY_ERRORS = _TRANSIENT_TAVILY_ERRORS + _PERMANENT_TAVILY_ERRORS
 
 
 def _tokenize(texts: list[str]) -> list[list[str]]:
@@ -64,8 +66,13 @@ class SearchTool(Tool):
                                   + (f" ({cfg.api_key_env!r} is not set)" if cfg.api_key_env else ""))
             # base_url, when set, points the client at another Tavily-compatible endpoint (a proxy, a test server).
             self.client = tavily.TavilyClient(api_key=key, api_base_url=cfg.base_url or None)
+            self.retry = Retry(cfg.max_retries, cfg.timeout_s)
         else:
             raise ConfigError(f"tools.tools.{name}.backend", f"must be bm25 or tavily, got {cfg.backend!r}")
+
+    @property
+    def deadline_s(self) -> float:
+        return self.retry.deadline_s if self.cfg.backend == "tavily" else self.cfg.timeout_s
 
     async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         start = time.perf_counter()
@@ -85,21 +92,16 @@ class SearchTool(Tool):
         return _format([self.passages[i] for i, s in zip(ids[0], scores[0]) if s > 0])
 
     async def _tavily(self, query: str) -> tuple[str, str | None]:
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                response = await asyncio.wait_for(
-                    asyncio.to_thread(self.client.search, query, max_results=self.cfg.top_k,
-                                      timeout=self.cfg.timeout_s),
-                    self.cfg.timeout_s)
-                return _format([(r.get("title", ""), r.get("content", "")) for r in response.get("results", [])]), None
-            except _PERMANENT_TAVILY_ERRORS as e:
-                error = f"web search failed: {type(e).__name__}: {e}"
-                break
-            except (*_TRANSIENT_TAVILY_ERRORS, asyncio.TimeoutError) as e:
-                error = f"web search failed after {attempt + 1} attempt(s): {type(e).__name__}: {e}"
-                if attempt < self.cfg.max_retries:
-                    await asyncio.sleep(0.5 * 2 ** attempt)
-        return f"Error: {error}", error
+        try:
+            response = await self.retry.call(
+                lambda: asyncio.to_thread(self.client.search, query, max_results=self.cfg.top_k,
+                                          timeout=self.cfg.timeout_s),
+                errors=_TAVILY_ERRORS, transient=lambda e: isinstance(e, _TRANSIENT_TAVILY_ERRORS),
+                what=f"tool {self.name} (tavily)")
+        except CallFailed as failed:
+            error = f"web search {failed}"
+            return f"Error: {error}", error
+        return _format([(r.get("title", ""), r.get("content", "")) for r in response.get("results", [])]), None
 
 
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> SearchTool:

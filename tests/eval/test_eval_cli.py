@@ -8,7 +8,7 @@ from statistics import fmean
 
 import pytest
 
-from orchestra_rl.data.world import is_correct
+from orchestra_rl.reward.outcome import is_correct
 from tests.helpers import free_port
 
 
@@ -37,7 +37,7 @@ def test_eval_writes_a_consistent_report(cache_dir, tmp_path):
     gold = {json.loads(line)["task_id"]: json.loads(line)["answer"]
             for line in (world_dir / "test.jsonl").read_text().splitlines()}
     assert report["overall"]["accuracy"] == pytest.approx(
-        fmean(is_correct(t["final_answer"], gold[t["task_id"]]) for t in trajectories))
+        fmean(is_correct(t["final_answer"], gold[t["task_id"]], t["family"]) for t in trajectories))
 
     def cost(t):
         return sum(c["result"]["cost_usd"] for turn in t["turns"] for c in turn["calls"]) + t["policy_cost_usd"]

@@ -1,4 +1,5 @@
-"""`orchestra-rl report`: train runs of a sweep side by side, labelled by what the sweep varied."""
+"""Eval summaries, and `orchestra-rl report`: train runs of a sweep side by side, labelled by what the sweep
+varied."""
 
 import json
 
@@ -6,7 +7,30 @@ import pytest
 from rich.console import Console
 
 from orchestra_rl.cli import main
-from orchestra_rl.eval.report import load_train_reports, print_runs
+from orchestra_rl.config import RewardConfig
+from orchestra_rl.eval.report import load_train_reports, print_runs, summarize
+from orchestra_rl.reward.actor import RewardActor
+from tests.helpers import make_task, make_trajectory
+
+
+async def test_accuracy_counts_exactly_what_the_reward_outcome_accepts():
+    # (prediction, gold, family): numerically equal but written differently, a word answer, a wrong number, and a
+    # family without a numeric verifier, where "1.5e3" is not "1500".
+    cases = [("1.5e3", "1500", "arithmetic"), ("17.50", "17.5", "multihop"), ("1 500", "1500", "lookup"),
+             ("Veltoria.", "veltoria", "lookup"), ("1501", "1500", "arithmetic"), ("1.5e3", "1500", "trivia")]
+    tasks = [make_task(f"t{i}", gold, family) for i, (_, gold, family) in enumerate(cases)]
+    trajectories = [make_trajectory(f"t{i}", prediction, family=family)
+                    for i, (prediction, _, family) in enumerate(cases)]
+
+    scored = await RewardActor(RewardConfig(), ["answer"]).score(trajectories, {t.task_id: t for t in tasks})
+    outcomes = [t.reward_components["outcome"] for t in scored]
+    summary = summarize(trajectories, tasks)
+
+    assert outcomes == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert summary["overall"]["accuracy"] == pytest.approx(4 / 6)
+    for family in ("arithmetic", "multihop", "lookup", "trivia"):
+        of_family = [o for o, (_, _, f) in zip(outcomes, cases) if f == family]
+        assert summary["families"][family]["accuracy"] == pytest.approx(sum(of_family) / len(of_family))
 
 
 def summary(accuracy: float, cost: float, mix: dict[str, float]) -> dict:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.types import TrainSample
 
@@ -97,7 +98,7 @@ def test_ppo_trains_policy_and_critic_and_resumes_from_checkpoint(make_config, t
 
         ckpt = tmp_path / "ckpt"
         group.save_checkpoint(str(ckpt))
-        policy = load_file(str(ckpt / "policy" / "model.safetensors"))
+        policy = load_file(str(ckpt / POLICY_DIR / "model.safetensors"))
         critic = load_file(str(ckpt / "learner" / "critic.safetensors"))
         name = "model.layers.1.self_attn.q_proj.weight"
         assert (policy[name] - initial[name]).abs().max() > 5e-4  # the policy moved

@@ -9,6 +9,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.system import System
 from orchestra_rl.weight_sync import WeightSync
@@ -87,12 +88,12 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
         # A checkpoint is an HF model directory: transformers loads it and scores the same.
         ckpt = tmp_path / "ckpt"
         group.save_checkpoint(str(ckpt))
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt / "policy"), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt / POLICY_DIR), dtype=torch.float32)
         ids = torch.tensor([sequence])
         with torch.no_grad():
             hf = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
         assert max_diff(hf.tolist(), learner_after[1:]) < 1e-4
-        assert AutoTokenizer.from_pretrained(str(ckpt / "policy")).encode("What is 2+2?") == \
+        assert AutoTokenizer.from_pretrained(str(ckpt / POLICY_DIR)).encode("What is 2+2?") == \
             tokenizer.encode("What is 2+2?")
     finally:
         group.shutdown()

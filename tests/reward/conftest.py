@@ -1,25 +1,10 @@
-"""Builds trajectories with chosen tool calls, costs and latencies for the reward tests."""
+"""Fixtures for the reward tests: builders of trajectories with chosen tool calls, costs and latencies."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestra_rl.types import Task, ToolCallRecord, ToolResult, Trajectory, Turn
-
-
-def make_trajectory(task_id: str = "t", answer: str | None = "1", calls: tuple = (), policy_cost: float = 0.0,
-                    group_index: int = 0) -> Trajectory:
-    """`calls`: (tool name, cost $, latency s) each in a turn of its own, so latencies add up."""
-    turns = [Turn(text="", num_tokens=1, finish_reason="tool_call",
-                  calls=[ToolCallRecord(turn=i, name=name, arguments={}, result=ToolResult("", cost, latency))])
-             for i, (name, cost, latency) in enumerate(calls)]
-    return Trajectory(task_id=task_id, family="arithmetic", group_index=group_index, token_ids=[1, 2],
-                      logprobs=[0.0, -0.5], loss_mask=[0, 1], prompt_length=1, turns=turns, final_answer=answer,
-                      stop_reason="answer", policy_cost_usd=policy_cost)
-
-
-def make_task(task_id: str = "t", answer: str = "1", family: str = "arithmetic", **kwargs) -> Task:
-    return Task(task_id=task_id, family=family, question=f"question of {task_id}", answer=answer, **kwargs)
+from tests.helpers import make_task, make_trajectory
 
 
 @pytest.fixture

@@ -114,7 +114,7 @@ def test_make_reward_actor_names_an_unknown_judge(make_config):
 def test_training_step_scoring_reads_the_rollouts_from_the_object_store(ray_local, make_config):
     """The trainer hands the actor the rollout manager's references, never the trajectories: the actor fetches
     them, puts them in task order, scores them and returns the batch metrics separately (num_returns=2)."""
-    from tests.reward.conftest import make_task, make_trajectory
+    from tests.helpers import make_task, make_trajectory
 
     tasks = [make_task("a", "7"), make_task("b", "3")]
     # Two worker calls that finished out of order, each holding parts of both groups.

@@ -1,4 +1,4 @@
-"""The reward mix of DESIGN.md §2: hand-computed values, and the properties the design pins."""
+"""The reward mix of docs/rewards.md: hand-computed values, and the properties that page says the tests pin."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestra_rl.reward.outcome import judge, numeric_match, outcome_score, parse_verdict
+from orchestra_rl.reward.outcome import is_correct, judge, normalize_answer, numeric_match, outcome_score, parse_verdict
 from orchestra_rl.tools.base import Pricing
 from orchestra_rl.tools.llm import LLMTool
 
@@ -27,6 +27,20 @@ def test_verifier_by_family(trajectory, task, family, prediction, gold, score):
 
 def test_no_answer_scores_zero(trajectory, task):
     assert outcome_score(trajectory(answer=None), task(answer="1")) == 0.0
+
+
+@pytest.mark.parametrize("prediction, gold, family, ok", [
+    ("1,234", "1234", "trivia", True), ("1234.0", "1234", "trivia", True), (" Veltoria. ", "veltoria", "trivia", True),
+    ("Brenmark   Systems", "brenmark systems", "lookup", True), ("1234.5", "1234", "arithmetic", False),
+    (None, "1", "arithmetic", False), ("-15", "-15", "trivia", True), ("12", "-12", "arithmetic", False),
+    ("1.5e3", "1500", "arithmetic", True), ("1.5e3", "1500", "trivia", False),
+])
+def test_is_correct_follows_the_family_rules(prediction, gold, family, ok):
+    assert is_correct(prediction, gold, family) is ok
+
+
+def test_normalize_answer():
+    assert normalize_answer("  The   ANSWER,  3.00 ") == "the answer 3"
 
 
 def test_numeric_match_does_not_confuse_a_number_with_a_word():

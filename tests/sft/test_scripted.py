@@ -1,11 +1,14 @@
 """The scripted policy: unit checks of its pieces, and demonstrations through the real agent loop and tools
 (ToolExecutor actor with the python sandbox and BM25 search, simulated experts on Ray Serve)."""
 
+import json
+
 import pytest
 from transformers import AutoTokenizer
 
 from orchestra_rl.config import final_tool_names
-from orchestra_rl.data.world import is_correct, load_tasks
+from orchestra_rl.data.world import load_tasks
+from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, interleave_families, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
@@ -94,7 +97,7 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
         assert tr.token_ids[:tr.prompt_length] == scripted.chat.prompt_ids(task)
         # Local tools' answers are read from their responses and exact; an expert's reply is the answer itself.
         if strategy in (("python",), ("search",), ("search", "search", "python")):
-            assert is_correct(tr.final_answer, task.answer), (task.question, strategy, tr.final_answer)
+            assert is_correct(tr.final_answer, task.answer, task.family), (task.question, strategy, tr.final_answer)
         else:
             assert tr.final_answer == tr.tool_calls[-1].result.text
             assert read_expert(tr.final_answer) != UNKNOWN
@@ -107,13 +110,11 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
 
 @pytest.mark.integration
 def test_generate_demos_covers_every_family_and_writes_jsonl(runtime, tmp_path):
-    from orchestra_rl.sft.demos import read_demos
-
     demos = generate_demos(runtime.cfg, runtime, 12, out_path=tmp_path / "demos.jsonl")
     assert len(demos) == 12 and {d.family for d in demos} == {"arithmetic", "lookup", "multihop", "hard"}
-    rows = read_demos(tmp_path / "demos.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "demos.jsonl").read_text().splitlines()]
     assert [(r["task_id"], r["token_ids"], r["loss_mask"]) for r in rows] == \
         [(d.task_id, d.token_ids, d.loss_mask) for d in demos]
     correct = generate_demos(runtime.cfg, runtime, 8, only_correct=True)
     gold = {t.task_id: t.answer for t in load_tasks(runtime.world_dir, "train")}
-    assert len(correct) == 8 and all(is_correct(d.final_answer, gold[d.task_id]) for d in correct)
+    assert len(correct) == 8 and all(is_correct(d.final_answer, gold[d.task_id], d.family) for d in correct)

@@ -122,7 +122,6 @@ async def test_tool_pool_round_robins_over_executors(start_executor):
     assert [r.text for r in results] == ["0", "1", "2", "3"]
     for executor in executors:
         assert (await executor.stats.remote())["answer"]["calls"] == 2
-    assert [s["function"]["name"] for s in await pool.schemas()] == ["math", "answer"]
 
 
 class SlowTool(Tool):
@@ -152,7 +151,6 @@ def test_registry_skips_disabled_tools_and_rejects_unknown_kinds():
     })
     tools = build_tools(cfg, ToolContext())
     assert list(tools) == ["answer"] and isinstance(tools["answer"], AnswerTool)
-    assert tools["answer"].ends_episode
     assert tool_schemas(tools)[0]["function"]["name"] == "answer"
 
     with pytest.raises(ConfigError, match="unknown kind 'shell'") as err:

@@ -7,15 +7,13 @@ import pytest
 from orchestra_rl.config import ToolConfig
 from orchestra_rl.tools.base import ToolContext
 from orchestra_rl.tools.python import PythonTool, from_config
-from orchestra_rl.tools.sandbox import SandboxLimits, SandboxUnavailable, check_sandbox
+from orchestra_rl.tools.sandbox import SandboxLimits
+from tests.helpers import require_sandbox
 
 
 @pytest.fixture
 def tool() -> PythonTool:
-    try:
-        check_sandbox()
-    except SandboxUnavailable as e:
-        pytest.skip(str(e))
+    require_sandbox()
     cfg = ToolConfig(
         kind="python", description="Run Python.", price_per_call=0.001, timeout_s=2, cpu_time_s=1, memory_mb=256
     )

@@ -17,23 +17,23 @@ from pathlib import Path
 import psutil
 import pytest
 
+from orchestra_rl.cli import main
 from orchestra_rl.config import ToolConfig
+from orchestra_rl.tools import sandbox
 from orchestra_rl.tools.sandbox import (
     SandboxLimits,
+    SandboxResult,
     SandboxUnavailable,
     check_sandbox,
     run_sandboxed,
     run_sandboxed_async,
-    sandbox_main,
 )
+from tests.helpers import require_sandbox
 
 
 @pytest.fixture
 def limits() -> SandboxLimits:
-    try:
-        check_sandbox()
-    except SandboxUnavailable as e:
-        pytest.skip(str(e))
+    require_sandbox()
     defaults = SandboxLimits.from_tool_config(ToolConfig(kind="python"))
     return replace(defaults, cpu_time_s=1, wall_timeout_s=5, memory_mb=256, max_file_mb=4, max_output_bytes=1000)
 
@@ -293,11 +293,37 @@ async def test_concurrent_runs_are_isolated_and_do_not_block_the_loop(limits):
 
 
 @pytest.mark.integration
-def test_sandbox_main_prints_result_json(limits, capsys):
-    assert sandbox_main("print(2+2)") == 0
+def test_sandbox_command_prints_result_json_under_the_configured_limits(limits, capsys):
+    assert main(["sandbox", "-c", "print(2+2)"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["stdout"], printed["exit_code"], printed["killed_reason"]) == ("4\n", 0, None)
+
+    assert main(["sandbox", "-c", "print('x' * 100)", "tools.tools.python.max_output_bytes=10"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["stdout"], printed["killed_reason"]) == ("x" * 10, "output truncated")
     assert run_sandboxed("raise SystemExit(3)", limits).exit_code == 3
+
+
+def test_sandbox_command_runs_with_the_python_tools_configured_limits(monkeypatch, capsys):
+    seen = []
+
+    def fake_run(code: str, limits: SandboxLimits) -> SandboxResult:
+        seen.append((code, limits))
+        return SandboxResult(stdout="4\n", stderr="", exit_code=0, timed_out=False, killed_reason=None,
+                             duration_s=0.1)
+
+    monkeypatch.setattr(sandbox, "run_sandboxed", fake_run)
+    assert main(["sandbox", "-c", "print(2+2)", "tools.tools.python.memory_mb=64",
+                 "tools.tools.python.max_processes=3", "tools.tools.python.max_output_bytes=100"]) == 0
+
+    # conf/tools/default.yaml's values (timeout_s 10, cpu_time_s 5), not ToolConfig's defaults; overrides apply.
+    assert seen == [("print(2+2)", SandboxLimits(cpu_time_s=5, wall_timeout_s=10, memory_mb=64, max_processes=3,
+                                                 max_file_mb=16, max_output_bytes=100))]
+    assert json.loads(capsys.readouterr().out)["stdout"] == "4\n"
+    with pytest.raises(SystemExit) as exited:  # the config is validated like every command's
+        main(["sandbox", "-c", "print(1)", "tools.tools.python.memory_mb=0"])
+    assert exited.value.code == 2 and "tools.tools.python.memory_mb" in capsys.readouterr().err
+    assert len(seen) == 1
 
 
 def test_missing_bubblewrap_names_the_fix(monkeypatch, tmp_path):

@@ -6,7 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orchestra_rl.config import ConfigError, DataConfig, ToolConfig
-from orchestra_rl.data.world import build_world, load_tasks, normalize_answer
+from orchestra_rl.data.world import build_world, load_tasks
+from orchestra_rl.reward.outcome import normalize_answer
 from orchestra_rl.tools.base import ToolContext
 from orchestra_rl.tools.search import SearchTool, from_config
 
@@ -119,6 +120,13 @@ async def test_tavily_retries_transient_errors(fake_tavily):
     assert result.cost_usd == pytest.approx(0.008)
     assert [r["query"] for r in _FakeTavily.requests] == ["population of Veltoria"] * 2
     assert _FakeTavily.requests[0]["max_results"] == 2
+
+
+def test_deadline_leaves_room_for_the_tavily_retries(tool, monkeypatch):
+    monkeypatch.setenv("ORCHESTRA_TEST_TAVILY_KEY", "test-key")
+    web = _tavily_tool("http://127.0.0.1:9", max_retries=2)
+    assert web.deadline_s == 3 * web.cfg.timeout_s + 0.5 + 1.0  # every attempt times out, both backoffs
+    assert tool.deadline_s == tool.cfg.timeout_s  # bm25: one lookup in memory
 
 
 async def test_tavily_gives_up_after_max_retries(fake_tavily):

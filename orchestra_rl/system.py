@@ -24,7 +24,7 @@ from typing import Iterator
 
 import ray
 
-from orchestra_rl.config import Config, final_tool_names
+from orchestra_rl.config import Config
 from orchestra_rl.data.world import build_world
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.models.tiny import resolve_model_path
@@ -106,8 +106,7 @@ class System:
         self.reward = make_reward_actor(cfg, self.tool_context)
         self._stop.callback(ray.kill, self.reward)
         if rollout:
-            final_tools = sorted(final_tool_names(cfg))
-            workers = [make_rollout_worker(cfg, self.model_path, self.executors, self.tool_schemas, final_tools)
+            workers = [make_rollout_worker(cfg, self.model_path, self.executors, self.tool_schemas)
                        for _ in range(cfg.rollout.num_workers)]
             self.rollout = RolloutManager(workers, cfg.rollout.mode)
             self._stop.callback(self.rollout.close)

@@ -4,6 +4,7 @@ resumed run continues with exactly the tasks the interrupted one would have seen
 from __future__ import annotations
 
 import random
+from itertools import zip_longest
 
 from orchestra_rl.types import Task
 
@@ -26,3 +27,12 @@ class TaskSampler:
             batch.append(self.tasks[self._order(epoch)[index]])
         self.position += n
         return batch
+
+
+def interleave_families(tasks: list[Task]) -> list[Task]:
+    """Tasks round-robin over their families, so any prefix (a demonstration quota, an evaluation subset) covers
+    the families evenly."""
+    by_family: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_family.setdefault(t.family, []).append(t)
+    return [t for group in zip_longest(*by_family.values()) for t in group if t is not None]

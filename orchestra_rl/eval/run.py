@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from orchestra_rl.config import Config, as_plain
+from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.eval.report import print_summary, summarize
 from orchestra_rl.reward.outcome import is_correct
@@ -18,14 +18,13 @@ from orchestra_rl.system import System
 from orchestra_rl.types import Trajectory
 
 
-def evaluate(system: System, split: str, max_tasks: int, group_size: int, desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
-    """Roll out the split's tasks with the system's current policy; returns (summary, trajectories)."""
+def evaluate(system: System, split: str, max_tasks: int, group_size: int,
+             desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
+    """Roll out the split's tasks with the system's current policy; returns (summary, trajectories). With
+    `max_tasks`, a subset in which every family is represented."""
     tasks = load_tasks(system.world_dir, split)
-    if max_tasks:  # a subset with every family represented: round-robin over families
-        by_family: dict[str, list] = {}
-        for t in tasks:
-            by_family.setdefault(t.family, []).append(t)
-        tasks = [t for group in zip_longest(*by_family.values()) for t in group if t is not None][:max_tasks]
+    if max_tasks:
+        tasks = interleave_families(tasks)[:max_tasks]
     gold = {t.task_id: t.answer for t in tasks}
     correct = 0
     with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:

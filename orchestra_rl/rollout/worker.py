@@ -6,8 +6,8 @@ import time
 
 import ray
 
-from orchestra_rl.config import Config
-from orchestra_rl.rollout.agent_loop import AgentLoop
+from orchestra_rl.config import Config, final_tool_names
+from orchestra_rl.rollout.agent_loop import AgentLoop, Engine
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import PolicyEngine
 from orchestra_rl.rollout.parser import tool_call_regex
@@ -16,21 +16,24 @@ from orchestra_rl.tools.executor import ToolPool
 from orchestra_rl.types import Task, Trajectory
 
 
+def make_agent_loop(cfg: Config, engine: Engine, chat: ChatFormat, executors: list) -> AgentLoop:
+    """The agent loop as a rollout worker runs it, and the scripted demonstrations too: tool calls through the
+    executors, the orchestrator's own tokens priced, the final-answer tools, constrained decoding if configured."""
+    constrained = set(cfg.rollout.constrained_tools)
+    constrained_schemas = [s for s in chat.tool_schemas if s["function"]["name"] in constrained]
+    return AgentLoop(engine, ToolPool(executors).call, chat, cfg.rollout,
+                     Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok), final_tool_names(cfg),
+                     guided_regex=tool_call_regex(constrained_schemas) if constrained else None)
+
+
 class RolloutWorker:
-    def __init__(self, cfg: Config, model_path: str, executors: list, tool_schemas: list[dict],
-                 final_tools: list[str]):
+    def __init__(self, cfg: Config, model_path: str, executors: list, tool_schemas: list[dict]):
         from transformers import AutoTokenizer
 
         self.cfg = cfg
-        constrained = set(cfg.rollout.constrained_tools)
         self.engine = PolicyEngine(model_path, cfg.rollout.engine, cfg.model.dtype)
         chat = ChatFormat(AutoTokenizer.from_pretrained(model_path), cfg.rollout.system_prompt, tool_schemas)
-        self.loop = AgentLoop(
-            self.engine, ToolPool(executors).call, chat, cfg.rollout,
-            Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok), set(final_tools),
-            guided_regex=tool_call_regex([s for s in tool_schemas if s["function"]["name"] in constrained])
-            if constrained else None,
-        )
+        self.loop = make_agent_loop(cfg, self.engine, chat, executors)
 
     def ready(self) -> bool:
         return True
@@ -57,10 +60,10 @@ class RolloutWorker:
         self.engine.shutdown()
 
 
-def make_rollout_worker(cfg: Config, model_path: str, executors: list, tool_schemas: list[dict],
-                        final_tools: list[str]) -> ray.actor.ActorHandle:
+def make_rollout_worker(cfg: Config, model_path: str, executors: list,
+                        tool_schemas: list[dict]) -> ray.actor.ActorHandle:
     r = cfg.rollout
     # max_concurrency: every trajectory group of a batch is an in-flight call on this async actor.
     return ray.remote(RolloutWorker).options(
         num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker, max_concurrency=10_000,
-    ).remote(cfg, model_path, executors, tool_schemas, final_tools)
+    ).remote(cfg, model_path, executors, tool_schemas)

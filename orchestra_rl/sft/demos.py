@@ -16,19 +16,18 @@ import asyncio
 import copy
 import json
 from collections import Counter
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from orchestra_rl.config import Config, final_tool_names
+from orchestra_rl.config import Config
+from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
+from orchestra_rl.rollout.worker import make_agent_loop
 from orchestra_rl.system import System
 from orchestra_rl.sft.scripted import ScriptedPolicy
-from orchestra_rl.tools.base import Pricing
-from orchestra_rl.tools.executor import ToolPool
 from orchestra_rl.types import Task, Trajectory
 
 # Attempts allowed per demonstration asked for, when only correct ones are kept.
@@ -41,14 +40,6 @@ def tools_system(cfg: Config, model_path: str | None = None) -> System:
     no_latency = copy.deepcopy(cfg)
     no_latency.serve.latency_scale = 0.0
     return System(no_latency, model_path, rollout=False)
-
-
-def interleave_families(tasks: list[Task]) -> list[Task]:
-    """Tasks round-robin over their families, so any number of demonstrations covers the families evenly."""
-    by_family: dict[str, list[Task]] = {}
-    for t in tasks:
-        by_family.setdefault(t.family, []).append(t)
-    return [t for group in zip_longest(*by_family.values()) for t in group if t is not None]
 
 
 def strategy_of(trajectory: Trajectory, answer_tool: str) -> str:
@@ -66,14 +57,13 @@ class ScriptedRollout:
         tokenizer = AutoTokenizer.from_pretrained(system.model_path)
         self.chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, system.tool_schemas)
         self.policy = ScriptedPolicy.from_config(cfg, tokenizer, tasks)
-        self.call_tool = ToolPool(system.executors).call
-        self.pricing = Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok)
+        self.executors = system.executors
         self.loops: dict[int, AgentLoop] = {}
 
     def loop(self, group_index: int) -> AgentLoop:
-        if group_index not in self.loops:
-            self.loops[group_index] = AgentLoop(self.policy.for_group(group_index), self.call_tool, self.chat,
-                                                self.cfg.rollout, self.pricing, final_tool_names(self.cfg))
+        if group_index not in self.loops:  # the rollout worker's loop, with the scripted policy as its engine
+            self.loops[group_index] = make_agent_loop(self.cfg, self.policy.for_group(group_index), self.chat,
+                                                      self.executors)
         return self.loops[group_index]
 
     def run(self, items: list[tuple[Task, int]]) -> list[Trajectory]:

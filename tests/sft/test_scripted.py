@@ -10,7 +10,8 @@ from orchestra_rl.config import final_tool_names
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
-from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, interleave_families, tools_system
+from orchestra_rl.data.sampler import interleave_families
+from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
                                        read_python)
 from tests.helpers import free_port, policy_segments

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection
 from statistics import fmean
 from typing import Any
@@ -10,28 +9,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestra_rl.metrics import trajectory_stats
 from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.types import Task, Trajectory
 
 
 def _summary(trajectories: list[Trajectory], gold: dict[str, str],
              tool_names: Collection[str] | None) -> dict[str, Any]:
-    n = len(trajectories)
-    calls = Counter()
-    for t in trajectories:
-        calls.update(t.tool_counts(tool_names))
-    return {
-        "trajectories": n,
-        "accuracy": fmean(is_correct(t.final_answer, gold[t.task_id], t.family) for t in trajectories),
-        "cost_usd": fmean(t.cost_usd for t in trajectories),
-        "latency_s": fmean(t.latency_s for t in trajectories),
-        "turns": fmean(len(t.turns) for t in trajectories),
-        "policy_tokens": fmean(t.num_policy_tokens for t in trajectories),
-        "tool_calls_per_trajectory": {name: calls[name] / n for name in sorted(calls)},
-        "parse_errors": sum(1 for t in trajectories for turn in t.turns if turn.parse_error),
-        "tool_errors": sum(1 for t in trajectories for c in t.tool_calls if c.result.error),
-        "stop_reasons": dict(Counter(t.stop_reason for t in trajectories)),
-    }
+    accuracy = fmean(is_correct(t.final_answer, gold[t.task_id], t.family) for t in trajectories)
+    return {"accuracy": accuracy, **trajectory_stats(trajectories, tool_names)}
 
 
 def summarize(trajectories: list[Trajectory], tasks: list[Task],

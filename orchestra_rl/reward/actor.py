@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from statistics import fmean
 
 import ray
 
 from orchestra_rl.config import Config, ConfigError, RewardConfig, ToolConfig
+from orchestra_rl.metrics import trajectory_stats
 from orchestra_rl.reward.mix import mix_group, unknown_preference_keys
 from orchestra_rl.reward.outcome import judge, outcome_score
 from orchestra_rl.tools import llm
@@ -91,22 +93,13 @@ def summary(scored: list[Trajectory]) -> dict[str, float]:
 
 
 def batch_metrics(scored: list[Trajectory], tool_names: list[str]) -> dict[str, float]:
-    """What a training step logs of its batch: means per trajectory, reward components, tool mix."""
-    n = len(scored)
-    metrics = {
-        "rollout/reward": sum(t.reward for t in scored) / n,
-        "rollout/cost_usd": sum(t.cost_usd for t in scored) / n,
-        "rollout/latency_s": sum(t.latency_s for t in scored) / n,
-        "rollout/turns": sum(len(t.turns) for t in scored) / n,
-        "rollout/policy_tokens": sum(t.num_policy_tokens for t in scored) / n,
-        "rollout/tokens": float(sum(len(t.token_ids) for t in scored)),
-        "rollout/parse_errors": sum(1 for t in scored for turn in t.turns if turn.parse_error) / n,
-    }
+    """What a training step logs of its batch: the trajectory statistics, the reward and its components, the
+    tool mix (calls per trajectory)."""
+    stats = trajectory_stats(scored, tool_names)
+    metrics = {"rollout/reward": fmean(t.reward for t in scored)}
+    metrics |= {f"rollout/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
     metrics |= {f"reward/{k}": v for k, v in summary(scored).items()}
-    counts = [t.tool_counts(tool_names) for t in scored]
-    for name in sorted({name for c in counts for name in c}):
-        metrics[f"tools/{name}"] = sum(c.get(name, 0) for c in counts) / n
-    return metrics
+    return metrics | {f"tools/{name}": v for name, v in stats["tool_calls_per_trajectory"].items()}
 
 
 def make_reward_actor(cfg: Config, ctx: ToolContext) -> ray.actor.ActorHandle:

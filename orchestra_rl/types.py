@@ -85,7 +85,7 @@ class Trajectory:
     prompt_length: int
     turns: list[Turn]
     final_answer: str | None
-    stop_reason: str  # "answer" | "max_turns" | "token_budget"
+    stop_reason: str  # "answer" | "done" (the environment ended it without an answer) | "max_turns" | "token_budget"
     policy_tokens_in: int = 0  # tokens the orchestrator read across its turns (for pricing its own calls)
     policy_cost_usd: float = 0.0
     wall_time_s: float = 0.0

@@ -1,4 +1,5 @@
-"""The multi-turn agent loop: generate → parse tool calls → run them → append responses → repeat.
+"""The multi-turn agent loop: generate → parse tool calls → the environment runs them (and may answer as the
+user) → append what it said → repeat, until the environment ends the episode, max_turns or the token budget.
 
 Each trajectory is its own asyncio task, so a slow tool call in one never stalls the others (the engine keeps
 batching whichever trajectories are generating). `lockstep=True` reproduces the reference implementation's
@@ -10,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 from orchestra_rl.config import RolloutConfig
+from orchestra_rl.envs.base import Environment, Episode
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import Generation
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.tools.base import Pricing
-from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult, Trajectory, Turn
-
-CallTool = Callable[[str, dict, str], Awaitable[ToolResult]]  # (tool name, arguments, the user's task)
+from orchestra_rl.types import Task, Trajectory, Turn
 
 
 class Engine(Protocol):
@@ -77,11 +77,10 @@ class _Builder:
 
 
 class AgentLoop:
-    def __init__(self, engine: Engine, call_tool: CallTool, chat: ChatFormat, cfg: RolloutConfig,
-                 orchestrator_pricing: Pricing, final_tools: set[str], guided_regex: str | None = None):
-        self.engine, self.call_tool, self.chat, self.cfg = engine, call_tool, chat, cfg
+    def __init__(self, engine: Engine, env: Environment, chat: ChatFormat, cfg: RolloutConfig,
+                 orchestrator_pricing: Pricing, guided_regex: str | None = None):
+        self.engine, self.env, self.chat, self.cfg = engine, env, chat, cfg
         self.pricing = orchestrator_pricing
-        self.final_tools = final_tools  # names of tools that end the episode (the answer tool)
         self.guided_regex = guided_regex  # constrain every turn to a well-formed tool call (benchmarks)
         self.stop_token_ids = [chat.eos_token_id]
         self.stop: list[str] = []
@@ -105,8 +104,16 @@ class AgentLoop:
 
     async def _run(self, task: Task, group_index: int, barrier: TurnBarrier | None) -> Trajectory:
         start = time.perf_counter()
+        episode = await self.env.reset(task, group_index)
+        try:
+            return await self._episode(task, group_index, episode, barrier, start)
+        finally:
+            await episode.close()
+
+    async def _episode(self, task: Task, group_index: int, episode: Episode, barrier: TurnBarrier | None,
+                       start: float) -> Trajectory:
         cfg = self.cfg
-        tokens = _Builder(self.chat.prompt_ids(task))
+        tokens = _Builder(self.chat.prompt_ids(episode.opening))
         prompt_length = len(tokens.token_ids)
         turns: list[Turn] = []
         final_answer, stop_reason = None, "max_turns"
@@ -130,22 +137,23 @@ class AgentLoop:
                         ("tool_call" if parsed.calls else "stop"),
                         parse_error=parsed.error)
             turns.append(turn)
+            user_message = None
             if parsed.error:
                 responses = [f"Error: {parsed.error}"]
             else:
-                task_text = self.chat.user_message(task)
-                turn.calls = list(await asyncio.gather(*(self._call(turn_index, c, task_text) for c in parsed.calls)))
+                observation = await episode.step(turn_index, parsed.calls)
+                turn.calls, user_message = observation.calls, observation.user_message
                 responses = [c.result.text for c in turn.calls]
-                answer = next((c for c in turn.calls if c.name in self.final_tools and c.result.error is None), None)
-                if answer is not None:
-                    final_answer, stop_reason = answer.result.text, "answer"
+                if observation.done:
+                    final_answer = observation.final_answer
+                    stop_reason = "answer" if final_answer is not None else "done"
                     break
             if turn_index + 1 == cfg.max_turns:
                 break  # nobody would read the responses: the trajectory ends on the policy's own tokens
             if barrier is not None:
                 await barrier.wait()
             ended_with_eos = bool(gen.token_ids) and gen.token_ids[-1] == self.chat.eos_token_id
-            context = self.chat.continuation_ids(responses, ended_with_eos)
+            context = self.chat.continuation_ids(responses, ended_with_eos, user_message)
             if len(tokens.token_ids) + len(context) >= cfg.max_total_tokens:
                 stop_reason = "token_budget"
                 break
@@ -158,7 +166,3 @@ class AgentLoop:
             policy_tokens_in=policy_in, policy_cost_usd=self.pricing.cost(policy_in, policy_out),
             wall_time_s=time.perf_counter() - start,
         )
-
-    async def _call(self, turn_index: int, call: ToolCall, task_text: str) -> ToolCallRecord:
-        result = await self.call_tool(call.name, call.arguments, task_text)
-        return ToolCallRecord(turn=turn_index, name=call.name, arguments=call.arguments, result=result)

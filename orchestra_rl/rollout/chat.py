@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestra_rl.types import Task
-
 _MARK = "\u2063orchestra-mark\u2063"  # a string no template or tool output contains
 
 
@@ -31,22 +29,21 @@ class ChatFormat:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def user_message(self, task: Task) -> str:
-        if task.preference_text:
-            return f"{task.question}\n\nUser preference: {task.preference_text}"
-        return task.question
-
-    def prompt_ids(self, task: Task) -> list[int]:
-        messages = [{"role": "system", "content": self.system_prompt},
-                    {"role": "user", "content": self.user_message(task)}]
+    def prompt_ids(self, opening: str) -> list[int]:
+        """The system prompt and the user's first message, then the assistant's header."""
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": opening}]
         return self._encode(self._render(messages, add_generation_prompt=True))
 
-    def continuation_ids(self, tool_responses: list[str], ended_with_eos: bool) -> list[int]:
-        """Tokens after a policy turn: close the assistant turn, add one tool response per call, and open the
-        next assistant turn. If the policy already sampled the end-of-turn token, it is not added again."""
+    def continuation_ids(self, tool_responses: list[str], ended_with_eos: bool,
+                         user_message: str | None = None) -> list[int]:
+        """Tokens after a policy turn: close the assistant turn, add one tool response per call (and the user's
+        next message, in a multi-party episode), and open the next assistant turn. If the policy already sampled
+        the end-of-turn token, it is not added again."""
         messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": "q"},
                     {"role": "assistant", "content": _MARK}]
         messages += [{"role": "tool", "content": r} for r in tool_responses]
+        if user_message is not None:
+            messages.append({"role": "user", "content": user_message})
         text = self._render(messages, add_generation_prompt=True)
         text = text[text.rindex(_MARK) + len(_MARK):]
         eos = self.tokenizer.eos_token

@@ -7,6 +7,7 @@ import ray
 from transformers import AutoTokenizer
 
 from orchestra_rl.data.world import load_tasks
+from orchestra_rl.envs.qa import question_with_preference
 from orchestra_rl.rollout.agent_loop import TurnBarrier
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.system import System
@@ -25,7 +26,7 @@ def replay(trajectory, chat: ChatFormat, task) -> str:
     """The conversation the trajectory claims to be, rendered by the chat template from its turn records and
     the policy's own token segments."""
     said = [chat.tokenizer.decode(seg) for seg in policy_segments(trajectory)]
-    messages = [{"role": "system", "content": chat.system_prompt}, {"role": "user", "content": chat.user_message(task)}]
+    messages = [{"role": "system", "content": chat.system_prompt}, {"role": "user", "content": question_with_preference(task)}]
     for turn, text in zip(trajectory.turns[:-1], said):
         messages.append({"role": "assistant", "content": text})
         responses = [f"Error: {turn.parse_error}"] if turn.parse_error else [c.result.text for c in turn.calls]
@@ -46,7 +47,7 @@ def test_multi_turn_tokens_mask_and_logprobs_are_exact(runtime):
     for tr in trajectories:
         task = by_id[tr.task_id]
         assert len(tr.token_ids) == len(tr.logprobs) == len(tr.loss_mask) <= runtime.cfg.rollout.max_total_tokens
-        assert tr.token_ids[:tr.prompt_length] == chat.prompt_ids(task)
+        assert tr.token_ids[:tr.prompt_length] == chat.prompt_ids(question_with_preference(task))
         assert tokenizer.decode(tr.token_ids) == replay(tr, chat, task)
         # Exactly the sampled tokens carry mask 1, one run per turn; context tokens carry logprob 0.
         assert [len(seg) for seg in policy_segments(tr)] == [t.num_tokens for t in tr.turns]

@@ -7,10 +7,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from orchestra_rl.config import final_tool_names
+from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.data.world import load_tasks
+from orchestra_rl.envs.qa import question_with_preference
 from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
-from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
                                        read_python)
@@ -95,7 +96,7 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
             assert segment == tokenizer.encode(format_tool_call(call.name, call.arguments), add_special_tokens=False)
             assert tokenizer.decode(segment) == turn.text
         assert set(tr.logprobs) == {0.0} and sum(tr.loss_mask) == sum(t.num_tokens for t in tr.turns)
-        assert tr.token_ids[:tr.prompt_length] == scripted.chat.prompt_ids(task)
+        assert tr.token_ids[:tr.prompt_length] == scripted.chat.prompt_ids(question_with_preference(task))
         # Local tools' answers are read from their responses and exact; an expert's reply is the answer itself.
         if strategy in (("python",), ("search",), ("search", "search", "python")):
             assert is_correct(tr.final_answer, task.answer, task.family), (task.question, strategy, tr.final_answer)

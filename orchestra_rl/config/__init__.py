@@ -14,17 +14,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from orchestra_rl.config.schema import (
-    DEFAULT_CACHE, TOOL_KINDS, AlgoConfig, BenchConfig, ClusterConfig, Config, DataConfig, EngineConfig,
-    EvalConfig, ExpertModelConfig, LearnerConfig, ModelConfig, RewardConfig, RolloutConfig, ServeConfig,
-    SFTConfig, ToolConfig, ToolsConfig, TrainConfig, final_tool_names,
+    DEFAULT_CACHE, TASK_FAMILIES, TOOL_KINDS, AlgoConfig, BenchConfig, ClusterConfig, Config, DataConfig,
+    EngineConfig, EvalConfig, ExpertModelConfig, LearnerConfig, ModelConfig, RewardConfig, RolloutConfig,
+    ServeConfig, SFTConfig, ToolConfig, ToolsConfig, TrainConfig, final_tool_names,
 )
 from orchestra_rl.config.validate import ConfigError, validate
 
 __all__ = [
-    "CONF_DIR", "DEFAULT_CACHE", "TOOL_KINDS", "AlgoConfig", "BenchConfig", "ClusterConfig", "Config",
-    "ConfigError", "DataConfig", "EngineConfig", "EvalConfig", "ExpertModelConfig", "LearnerConfig", "ModelConfig",
-    "RewardConfig", "RolloutConfig", "SFTConfig", "ServeConfig", "ToolConfig", "ToolsConfig", "TrainConfig",
-    "as_plain", "describe_error", "final_tool_names", "load_config", "register_configs", "to_config", "validate",
+    "CONF_DIR", "DEFAULT_CACHE", "TASK_FAMILIES", "TOOL_KINDS", "AlgoConfig", "BenchConfig", "ClusterConfig",
+    "Config", "ConfigError", "DataConfig", "EngineConfig", "EvalConfig", "ExpertModelConfig", "LearnerConfig",
+    "ModelConfig", "RewardConfig", "RolloutConfig", "SFTConfig", "ServeConfig", "ToolConfig", "ToolsConfig",
+    "TrainConfig", "as_plain", "describe_error", "final_tool_names", "load_config", "register_configs", "to_config",
+    "validate",
 ]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

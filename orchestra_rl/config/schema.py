@@ -11,6 +11,7 @@ from omegaconf import MISSING
 
 DEFAULT_CACHE = os.environ.get("ORCHESTRA_RL_CACHE", str(Path.home() / ".cache" / "orchestra_rl"))
 TOOL_KINDS = ("python", "search", "llm", "answer")
+TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
 
 
 @dataclass
@@ -140,7 +141,7 @@ class DataConfig:
     num_people: int = 24
     tasks_per_family: int = 64  # per family, over both splits (test_fraction of them go to test)
     test_fraction: float = 0.25
-    families: list[str] = field(default_factory=lambda: ["arithmetic", "lookup", "multihop", "hard"])
+    families: list[str] = field(default_factory=lambda: list(TASK_FAMILIES))
     experts: dict[str, ExpertModelConfig] = field(default_factory=dict)
 
 

@@ -4,7 +4,7 @@ trusts it; only facts of the running machine (an environment variable, a folder 
 
 from __future__ import annotations
 
-from orchestra_rl.config.schema import TOOL_KINDS, Config
+from orchestra_rl.config.schema import TASK_FAMILIES, TOOL_KINDS, Config
 
 
 class ConfigError(ValueError):
@@ -57,23 +57,35 @@ def validate(cfg: Config) -> Config:
             if t.base_url == "experts":
                 _check(t.model in cfg.data.experts, f"{key}.model",
                        f"no simulated expert {t.model!r} in data.experts ({', '.join(cfg.data.experts) or 'none'})")
+                _check(cfg.serve.enabled or not t.enabled, f"{key}.base_url",
+                       "'experts' needs serve.enabled=true (Ray Serve hosts the simulated experts)")
         if t.kind == "search":
             _check(t.backend in ("bm25", "tavily"), f"{key}.backend", f"must be bm25 or tavily, got {t.backend!r}")
             _check(t.top_k > 0, f"{key}.top_k", "must be > 0")
+            _check(t.backend != "tavily" or bool(t.api_key_env), f"{key}.api_key_env",
+                   "the tavily backend needs an API key: set api_key_env to the name of an environment variable "
+                   "that holds it")
         if t.kind == "python":
             for p in ("cpu_time_s", "memory_mb", "max_processes", "max_file_mb", "max_output_bytes"):
                 _check(getattr(t, p) > 0, f"{key}.{p}", "must be > 0")
-    for fam in cfg.data.families:
-        _check(fam in ("arithmetic", "lookup", "multihop", "hard"), "data.families", f"unknown family {fam!r}")
-    for name, e in cfg.data.experts.items():
+    d = cfg.data
+    for fam in d.families:
+        _check(fam in TASK_FAMILIES, "data.families", f"unknown family {fam!r}; known: {', '.join(TASK_FAMILIES)}")
+    for key in ("num_countries", "num_companies", "num_people"):
+        _check(getattr(d, key) >= 2, f"data.{key}",
+               f"must be >= 2 (multihop pairs two entities), got {getattr(d, key)}")
+    _check(d.tasks_per_family >= 1, "data.tasks_per_family", f"must be >= 1, got {d.tasks_per_family}")
+    _check(0 <= d.test_fraction < 1, "data.test_fraction", f"must be in [0, 1), got {d.test_fraction}")
+    for name, e in d.experts.items():
         for fam, p in e.accuracy.items():
             _check(0 <= p <= 1, f"data.experts.{name}.accuracy.{fam}", f"must be in [0, 1], got {p}")
         _check(e.latency_mean_s >= 0, f"data.experts.{name}.latency_mean_s", "must be >= 0")
     rw = cfg.reward
     _check(rw.mode in ("group", "absolute"), "reward.mode", f"must be group or absolute, got {rw.mode!r}")
+    # Any configured tool, enabled or not: a weight for a disabled tool is inert, and the tasks' own preferences
+    # name configured tools too. Cost and latency have keys of their own (cost_weight, latency_weight).
     for name in rw.tool_weights:
-        _check(name in enabled, f"reward.tool_weights.{name}",
-               f"no enabled tool named {name!r}; tools: {', '.join(sorted(enabled))}")
+        _check(name in tools, f"reward.tool_weights.{name}", f"no tool named {name!r}; tools: {', '.join(tools)}")
     if rw.judge_tool:
         _check(rw.judge_tool in enabled and tools[rw.judge_tool].kind == "llm", "reward.judge_tool",
                f"{rw.judge_tool!r} is not an enabled llm tool")
@@ -89,6 +101,8 @@ def validate(cfg: Config) -> Config:
     _check(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "algo.gamma", "gamma and lam must be in [0, 1]")
     le = cfg.learner
     _check(le.num_learners > 0, "learner.num_learners", "must be > 0")
+    _check(le.num_cpus_per_learner > 0 or le.num_gpus_per_learner > 0, "learner.num_cpus_per_learner",
+           "is 0, as is learner.num_gpus_per_learner: a learner needs some resource to be placed")
     _check(le.backend in ("gloo", "nccl"), "learner.backend", f"must be gloo or nccl, got {le.backend!r}")
     _check(le.dtype in ("float32", "bfloat16", "float16"), "learner.dtype", f"unknown dtype {le.dtype!r}")
     _check(le.weight_sync in ("file", "collective"), "learner.weight_sync",

@@ -42,16 +42,41 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
      "config error: data.experts.math-small.accuracy.arithmetic: must be in [0, 1], got 1.5"),
     ("rollout.max_total_tokens=99999", "config error: rollout.max_total_tokens: 99999 exceeds rollout.engine.max_model_len"),
     ("model=nope", "config error: In 'config': Could not find 'model/nope'"),
-    ("+reward.tool_weights.serch=1.0", "config error: reward.tool_weights.serch: no enabled tool named 'serch'"),
+    ("+reward.tool_weights.serch=1.0",
+     "config error: reward.tool_weights.serch: no tool named 'serch'; tools: python, search,"),
+    ("+reward.tool_weights.cost=1.0", "config error: reward.tool_weights.cost: no tool named 'cost'"),
+    ("reward.mode=relative", "config error: reward.mode: must be group or absolute, got 'relative'"),
+    ("reward.judge_tool=jduge", "config error: reward.judge_tool: 'jduge' is not an enabled llm tool"),
+    ("reward.judge_tool=search", "config error: reward.judge_tool: 'search' is not an enabled llm tool"),
+    ("reward.judge_tool=large_generalist tools.tools.large_generalist.enabled=false",
+     "config error: reward.judge_tool: 'large_generalist' is not an enabled llm tool"),
+    ("tools.tools.search.backend=google",
+     "config error: tools.tools.search.backend: must be bm25 or tavily, got 'google'"),
+    ("tools.tools.search.backend=tavily",
+     "config error: tools.tools.search.api_key_env: the tavily backend needs an API key: set api_key_env"),
+    ("serve.enabled=false", "config error: tools.tools.math_expert.base_url: 'experts' needs serve.enabled=true"),
+    ("data.families=[arithmetic,poetry]",
+     "config error: data.families: unknown family 'poetry'; known: arithmetic, lookup, multihop, hard"),
+    ("data.num_people=1", "config error: data.num_people: must be >= 2 (multihop pairs two entities), got 1"),
+    ("data.tasks_per_family=0", "config error: data.tasks_per_family: must be >= 1, got 0"),
+    ("data.test_fraction=1.0", "config error: data.test_fraction: must be in [0, 1), got 1.0"),
     ("algo.name=dpo", "config error: algo.name: must be grpo or ppo, got 'dpo'"),
     ("algo.kl_estimator=k9", "config error: algo.kl_estimator: must be k1, k2 or k3"),
     ("learner.num_learners=0", "config error: learner.num_learners: must be > 0"),
+    ("learner.num_cpus_per_learner=0 learner.num_gpus_per_learner=0",
+     "config error: learner.num_cpus_per_learner: is 0, as is learner.num_gpus_per_learner"),
     ("learner.weight_sync=pigeon", "config error: learner.weight_sync: must be file or collective, got 'pigeon'"),
     ("learner.weight_sync=collective rollout.engine.tensor_parallel_size=2",
      "config error: learner.weight_sync: collective joins one process per engine"),
 ])
 def test_bad_config_is_one_line_naming_the_key(override, expected):
     assert error_line(*override.split()).startswith(expected)
+
+
+def test_tool_weights_may_name_a_disabled_tool():
+    # A weight for a tool the run does not offer is inert; the tasks' own preferences name configured tools too.
+    cfg = load_config(["tools.tools.large_generalist.enabled=false", "+reward.tool_weights.large_generalist=-1.0"])
+    assert cfg.reward.tool_weights == {"large_generalist": -1.0}
 
 
 def test_config_error_carries_key_and_problem():

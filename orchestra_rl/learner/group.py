@@ -40,10 +40,8 @@ class LearnerGroup:
     def __init__(self, cfg: Config, model_path: str):
         lc = cfg.learner
         self.cfg, self.num_learners = cfg, lc.num_learners
+        # The resources a learner takes (config.validate ensures there is one): Ray cannot place an all-zero bundle.
         bundle = {k: v for k, v in {"CPU": lc.num_cpus_per_learner, "GPU": lc.num_gpus_per_learner}.items() if v > 0}
-        if not bundle:
-            raise ValueError("learner.num_cpus_per_learner and learner.num_gpus_per_learner are both 0: a learner "
-                             "needs some resource to be placed")
         self.placement = placement_group([bundle] * lc.num_learners, strategy="PACK")
         ready, _ = ray.wait([self.placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:

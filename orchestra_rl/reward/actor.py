@@ -12,9 +12,9 @@ from statistics import fmean
 
 import ray
 
-from orchestra_rl.config import Config, ConfigError, RewardConfig, ToolConfig
+from orchestra_rl.config import Config, RewardConfig, ToolConfig
 from orchestra_rl.metrics import trajectory_stats
-from orchestra_rl.reward.mix import mix_group, unknown_preference_keys
+from orchestra_rl.reward.mix import mix_group
 from orchestra_rl.reward.outcome import judge, outcome_score
 from orchestra_rl.tools import llm
 from orchestra_rl.tools.base import ToolContext
@@ -24,19 +24,10 @@ from orchestra_rl.types import Task, Trajectory, in_task_order
 class RewardActor:
     def __init__(self, cfg: RewardConfig, tool_names: list[str], judge_cfg: ToolConfig | None = None,
                  ctx: ToolContext | None = None):
-        # Checked here, before the first batch, so a typo fails the run at start rather than after a rollout.
-        if cfg.mode not in ("group", "absolute"):
-            raise ConfigError("reward.mode", f"must be group or absolute, got {cfg.mode!r}")
-        if problem := unknown_preference_keys(list(cfg.tool_weights), tool_names):
-            raise ConfigError("reward.tool_weights", problem)
+        """`cfg` is validated (config.validate); `judge_cfg` is the ToolConfig of cfg.judge_tool, if one is named."""
         self.cfg, self.tool_names = cfg, list(tool_names)
         self.judge_tool: llm.LLMTool | None = None
-        if judge_cfg is not None and not cfg.judge_tool:
-            raise ConfigError("reward.judge_tool", "empty, yet a judge ToolConfig was given (name the judge tool)")
-        if cfg.judge_tool:
-            if judge_cfg is None or judge_cfg.kind != "llm":
-                kind = judge_cfg.kind if judge_cfg else "missing"
-                raise ConfigError("reward.judge_tool", f"{cfg.judge_tool!r} must be an llm tool (got {kind})")
+        if judge_cfg is not None:
             self.judge_tool = llm.from_config(cfg.judge_tool, judge_cfg, ctx or ToolContext())
             self.judge_slots = asyncio.Semaphore(judge_cfg.max_concurrency)
 
@@ -104,11 +95,6 @@ def batch_metrics(scored: list[Trajectory], tool_names: list[str]) -> dict[str, 
 
 def make_reward_actor(cfg: Config, ctx: ToolContext) -> ray.actor.ActorHandle:
     """Start a RewardActor. Every configured tool name (enabled or not) is a valid preference key."""
-    judge_cfg = None
-    if cfg.reward.judge_tool:
-        judge_cfg = cfg.tools.tools.get(cfg.reward.judge_tool)
-        if judge_cfg is None:
-            raise ConfigError("reward.judge_tool", f"no tool named {cfg.reward.judge_tool!r} in tools.tools "
-                                                   f"({', '.join(cfg.tools.tools)})")
+    judge_cfg = cfg.tools.tools[cfg.reward.judge_tool] if cfg.reward.judge_tool else None
     # num_cpus=0: the actor does arithmetic and waits on the judge; it should not take a CPU from a worker.
     return ray.remote(RewardActor).options(num_cpus=0).remote(cfg.reward, list(cfg.tools.tools), judge_cfg, ctx)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from orchestra_rl.config import ConfigError, RewardConfig
+from orchestra_rl.config import RewardConfig
 from orchestra_rl.types import Task, Trajectory
 
 MIN_CORRECT_MULTIPLIER = 0.1
@@ -38,25 +38,17 @@ def trajectory_cost(t: Trajectory) -> float:
     return t.cost_usd + t.reward_components.get("judge_cost_usd", 0.0)
 
 
-def unknown_preference_keys(keys: Sequence[str], tool_names: Sequence[str]) -> str | None:
-    """A message naming every key that is neither cost, latency nor a configured tool; None if all are known."""
-    unknown = [k for k in keys if k not in PREFERENCE_AXES and k not in tool_names]
-    if not unknown:
-        return None
-    return (f"unknown tool {', '.join(map(repr, unknown))} in preference; "
-            f"known: {', '.join([*PREFERENCE_AXES, *tool_names])}")
-
-
 def preference_weights(cfg: RewardConfig, task: Task, tool_names: Sequence[str]) -> dict[str, float]:
-    """P for one task: weights for "cost", "latency" and every tool name. Starts from the config; with
-    use_task_preference, each key of the task's own preference overrides the config's."""
-    if problem := unknown_preference_keys(list(cfg.tool_weights), tool_names):
-        raise ConfigError("reward.tool_weights", problem)
+    """P for one task: weights for "cost", "latency" and every tool name. Starts from the config (validated:
+    its tool_weights name configured tools); with use_task_preference, each key of the task's own preference
+    overrides the config's. A task's keys are data, not config, so they are checked here."""
     weights = {"cost": cfg.cost_weight, "latency": cfg.latency_weight, **dict.fromkeys(tool_names, 0.0),
                **cfg.tool_weights}
     if cfg.use_task_preference:
-        if problem := unknown_preference_keys(list(task.preference), tool_names):
-            raise ValueError(f"task {task.task_id!r}: {problem}")
+        unknown = [k for k in task.preference if k not in weights]
+        if unknown:
+            raise ValueError(f"task {task.task_id!r}: unknown tool {', '.join(map(repr, unknown))} in preference; "
+                             f"known: {', '.join(weights)}")
         weights.update(task.preference)
     return weights
 
@@ -114,9 +106,7 @@ def mix_group(group: Sequence[Trajectory], outcomes: Sequence[float], task: Task
     if cfg.mode == "group":
         rows = group_rewards(outcomes, costs, latencies, [t.tool_counts() for t in group],
                              preference_weights(cfg, task, tool_names))
-    elif cfg.mode == "absolute":
+    else:  # absolute
         rows = absolute_rewards(outcomes, costs, latencies, cfg.lambda_cost, cfg.lambda_latency)
-    else:
-        raise ConfigError("reward.mode", f"must be group or absolute, got {cfg.mode!r}")
     return [dataclasses.replace(t, reward=row["reward"], reward_components={**t.reward_components, **row})
             for t, row in zip(group, rows)]

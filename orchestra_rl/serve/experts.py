@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from orchestra_rl.config import Config, ConfigError
+from orchestra_rl.config import Config
 from orchestra_rl.data.world import evaluate_arithmetic, fact_questions, load_tasks, load_world
 
 APP_NAME = "experts"
@@ -166,8 +166,6 @@ def start_experts(cfg: Config, world_dir: str | Path, ready_timeout_s: float = 1
     no access to world_dir (it may run on another node). Serve has one HTTP address per Ray cluster: a second
     call with another port keeps the first address; call stop_experts() in between.
     """
-    if not cfg.data.experts:
-        raise ConfigError("data.experts", "no simulated experts configured")
     experts = {name: asdict(e) for name, e in cfg.data.experts.items()}
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up INFO lines, not over progress bars
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

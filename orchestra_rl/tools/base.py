@@ -8,11 +8,13 @@ model behind an OpenAI-compatible endpoint, say — is added by config alone.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
+from orchestra_rl.config import ConfigError
 from orchestra_rl.types import ToolResult
 
 
@@ -79,3 +81,13 @@ class ToolContext:
 
     world_dir: str = ""  # the built task world (corpus.jsonl for search)
     experts_base_url: str = ""  # where base_url "experts" points, e.g. http://127.0.0.1:8765/v1
+
+
+def api_key_from_env(tool_name: str, env_var: str) -> str:
+    """The API key in the environment variable a tool's api_key_env names. Checked at use, not in config.validate:
+    whether the variable is set is a fact of the machine the tool runs on."""
+    key = os.environ.get(env_var, "")
+    if not key:
+        raise ConfigError(f"tools.tools.{tool_name}.api_key_env",
+                          f"environment variable {env_var} is not set (it must hold the API key)")
+    return key

@@ -7,14 +7,13 @@ returns a ToolResult with `error` set, which the policy sees and the reward coun
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import openai
 
 from orchestra_rl.config import ConfigError, ToolConfig
-from orchestra_rl.tools.base import Pricing, Tool, ToolContext
+from orchestra_rl.tools.base import Pricing, Tool, ToolContext, api_key_from_env
 from orchestra_rl.tools.retry import CallFailed, Retry
 from orchestra_rl.types import ToolResult
 
@@ -109,20 +108,13 @@ class LLMTool(Tool):
 
 
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> LLMTool:
-    key = f"tools.tools.{name}"
+    """`cfg` is validated (model, base_url and prices are set); what is checked here is the running system: that
+    the simulated experts are up when base_url is "experts", and that the key's environment variable is set."""
     base_url = ctx.experts_base_url if cfg.base_url == "experts" else cfg.base_url
     if not base_url:
-        raise ConfigError(f"{key}.base_url", f"no endpoint for model {cfg.model!r} (base_url {cfg.base_url!r}; "
-                                             "'experts' needs the simulated experts to be running)")
-    api_key = NO_API_KEY
-    if cfg.api_key_env:
-        api_key = os.environ.get(cfg.api_key_env, "")
-        if not api_key:
-            raise ConfigError(f"{key}.api_key_env",
-                              f"environment variable {cfg.api_key_env} is not set (it must hold the API key)")
-    for price in ("price_in_per_mtok", "price_out_per_mtok"):
-        if getattr(cfg, price) is None:
-            raise ConfigError(f"{key}.{price}", f"price missing for model {cfg.model!r}")
+        raise ConfigError(f"tools.tools.{name}.base_url", f"no endpoint for model {cfg.model!r} (base_url 'experts' "
+                                                          "needs the simulated experts to be running)")
+    api_key = api_key_from_env(name, cfg.api_key_env) if cfg.api_key_env else NO_API_KEY
     return LLMTool(
         name,
         cfg.description,

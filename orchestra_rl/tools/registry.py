@@ -9,23 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from orchestra_rl.config import TOOL_KINDS, ConfigError, ToolsConfig
+from orchestra_rl.config import TOOL_KINDS, ToolsConfig
 from orchestra_rl.tools.base import Tool, ToolContext
 
 KIND_MODULES = {kind: f"orchestra_rl.tools.{kind}" for kind in TOOL_KINDS}
 
 
 def build_tools(tools_cfg: ToolsConfig, ctx: ToolContext) -> dict[str, Tool]:
-    """Every enabled tool of the config, by name."""
-    tools: dict[str, Tool] = {}
-    for name, cfg in tools_cfg.tools.items():
-        if not cfg.enabled:
-            continue
-        if cfg.kind not in KIND_MODULES:
-            known = ", ".join(KIND_MODULES)
-            raise ConfigError(f"tools.tools.{name}.kind", f"unknown kind {cfg.kind!r}; known: {known}")
-        tools[name] = importlib.import_module(KIND_MODULES[cfg.kind]).from_config(name, cfg, ctx)
-    return tools
+    """Every enabled tool of the (validated) config, by name."""
+    return {name: importlib.import_module(KIND_MODULES[cfg.kind]).from_config(name, cfg, ctx)
+            for name, cfg in tools_cfg.tools.items() if cfg.enabled}
 
 
 def tool_schemas(tools: dict[str, Tool]) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import bm25s
 import requests
 import tavily
 
-from orchestra_rl.config import ConfigError, ToolConfig
-from orchestra_rl.tools.base import Pricing, Tool, ToolContext
+from orchestra_rl.config import ToolConfig
+from orchestra_rl.tools.base import Pricing, Tool, ToolContext, api_key_from_env
 from orchestra_rl.tools.retry import CallFailed, Retry
 from orchestra_rl.types import ToolResult
 
@@ -58,17 +57,11 @@ class SearchTool(Tool):
             self.passages = [(d["title"], d["text"]) for d in docs]
             self.index = bm25s.BM25()
             self.index.index(_tokenize([f"{t}. {x}" for t, x in self.passages]), show_progress=False)
-        elif cfg.backend == "tavily":
-            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-            if not key:
-                raise ConfigError(f"tools.tools.{name}.api_key_env", "the tavily backend needs an API key: set "
-                                  f"api_key_env to the name of an environment variable that holds it"
-                                  + (f" ({cfg.api_key_env!r} is not set)" if cfg.api_key_env else ""))
+        else:  # tavily, the one other backend config.validate allows; it also requires api_key_env
+            key = api_key_from_env(name, cfg.api_key_env)
             # base_url, when set, points the client at another Tavily-compatible endpoint (a proxy, a test server).
             self.client = tavily.TavilyClient(api_key=key, api_base_url=cfg.base_url or None)
             self.retry = Retry(cfg.max_retries, cfg.timeout_s)
-        else:
-            raise ConfigError(f"tools.tools.{name}.backend", f"must be bm25 or tavily, got {cfg.backend!r}")
 
     @property
     def deadline_s(self) -> float:

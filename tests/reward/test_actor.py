@@ -7,7 +7,7 @@ import time
 import pytest
 import ray
 
-from orchestra_rl.config import ConfigError, RewardConfig, ToolConfig
+from orchestra_rl.config import RewardConfig, ToolConfig
 from orchestra_rl.reward.actor import RewardActor, make_reward_actor, summary
 from orchestra_rl.tools.base import ToolContext
 
@@ -43,17 +43,6 @@ async def test_missing_task_is_named(trajectory, task):
     actor = RewardActor(RewardConfig(), TOOLS)
     with pytest.raises(ValueError, match="no Task given for trajectories of task id\\(s\\): b"):
         await actor.score([trajectory("a"), trajectory("b")], {"a": task("a")})
-
-
-def test_bad_config_fails_at_construction():
-    with pytest.raises(ConfigError, match="reward.tool_weights: unknown tool 'serch'"):
-        RewardActor(RewardConfig(tool_weights={"serch": 1.0}), TOOLS)
-    with pytest.raises(ConfigError, match="reward.mode"):
-        RewardActor(RewardConfig(mode="relative"), TOOLS)
-    with pytest.raises(ConfigError, match="reward.judge_tool: 'search' must be an llm tool \\(got search\\)"):
-        RewardActor(RewardConfig(judge_tool="search"), TOOLS, ToolConfig(kind="search"))
-    with pytest.raises(ConfigError, match="reward.judge_tool: empty, yet a judge ToolConfig was given"):
-        RewardActor(RewardConfig(), TOOLS, judge_config())
 
 
 async def test_judge_calls_run_concurrently_and_their_cost_counts(openai_stub_server, trajectory, task):
@@ -102,13 +91,6 @@ async def test_ray_actor_with_judge(ray_local, openai_stub_server, make_config, 
     assert scored[0].reward_components["cost_usd"] == pytest.approx(.001 + 1000 * 2.0 / 1e6 + 500 * 8.0 / 1e6)
     assert scored[1].reward_components["pref_large_generalist"] == -1.0
     assert summary(scored)["outcome"] == 0.5
-
-
-def test_make_reward_actor_names_an_unknown_judge(make_config):
-    cfg = make_config()
-    cfg.reward.judge_tool = "jduge"  # set after validation (which would name it too), as a program might
-    with pytest.raises(ConfigError, match="reward.judge_tool: no tool named 'jduge' in tools.tools \\(python, "):
-        make_reward_actor(cfg, ToolContext())
 
 
 def test_training_step_scoring_reads_the_rollouts_from_the_object_store(ray_local, make_config):

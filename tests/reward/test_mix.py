@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from orchestra_rl.config import ConfigError, RewardConfig
+from orchestra_rl.config import RewardConfig
 from orchestra_rl.reward.mix import (
     MIN_CORRECT_MULTIPLIER,
     absolute_rewards,
@@ -204,13 +204,3 @@ def test_unknown_tool_in_task_preference_is_named(task):
     with pytest.raises(ValueError, match=r"task 'q7': unknown tool 'huge_model' in preference; known: cost, "
                                          r"latency, python, search, large_generalist, answer"):
         preference_weights(RewardConfig(), task("q7", preference={"huge_model": -1.0}), TOOLS)
-
-
-def test_unknown_tool_in_config_weights_is_a_config_error(task):
-    with pytest.raises(ConfigError, match=r"reward.tool_weights: unknown tool 'serch'"):
-        preference_weights(RewardConfig(tool_weights={"serch": 1.0}), task(), TOOLS)
-
-
-def test_unknown_mode_is_a_config_error(trajectory, task):
-    with pytest.raises(ConfigError, match="reward.mode: must be group or absolute, got 'grop'"):
-        mix_group([trajectory()], [1.0], task(), RewardConfig(mode="grop"), TOOLS)

@@ -64,13 +64,12 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
         SearchTool("search", ToolConfig(kind="search"), tmp_path)
 
 
-def test_tavily_without_key_is_a_clear_error(monkeypatch):
+def test_tavily_key_variable_not_set_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("ORCHESTRA_TEST_TAVILY_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"tools\.tools\.web\.api_key_env: .*'ORCHESTRA_TEST_TAVILY_KEY' is not set"):
+    with pytest.raises(ConfigError, match=r"tools\.tools\.web\.api_key_env: environment variable "
+                                          r"ORCHESTRA_TEST_TAVILY_KEY is not set"):
         from_config("web", ToolConfig(kind="search", backend="tavily", api_key_env="ORCHESTRA_TEST_TAVILY_KEY"),
                     ToolContext())
-    with pytest.raises(ConfigError, match=r"tools\.tools\.web\.api_key_env: the tavily backend needs an API key"):
-        from_config("web", ToolConfig(kind="search", backend="tavily"), ToolContext())
 
 
 class _FakeTavily(BaseHTTPRequestHandler):

@@ -1,30 +1,17 @@
-"""Typed configuration: dataclasses registered with Hydra's ConfigStore, validated once before any actor starts.
-
-Hydra/OmegaConf already reject unknown keys and wrong types against these schemas; `validate` adds the checks
-a schema cannot express (ranges, cross-references such as a tool name that does not exist, a missing price).
-Every error is reported as one line: `config error: <key>: <problem>`.
-"""
+"""The config schema: one dataclass per section, the types Hydra/OmegaConf check every key and value against."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_CACHE = os.environ.get("ORCHESTRA_RL_CACHE", str(Path.home() / ".cache" / "orchestra_rl"))
-
-
-class ConfigError(ValueError):
-    """A configuration problem, always naming the offending key."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
-        self.key, self.problem = key, problem
+TOOL_KINDS = ("python", "search", "llm", "answer")
+TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
 
 
 @dataclass
@@ -154,7 +141,7 @@ class DataConfig:
     num_people: int = 24
     tasks_per_family: int = 64  # per family, over both splits (test_fraction of them go to test)
     test_fraction: float = 0.25
-    families: list[str] = field(default_factory=lambda: ["arithmetic", "lookup", "multihop", "hard"])
+    families: list[str] = field(default_factory=lambda: list(TASK_FAMILIES))
     experts: dict[str, ExpertModelConfig] = field(default_factory=dict)
 
 
@@ -299,149 +286,7 @@ class Config:
     seed: int = 0
 
 
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-
-
-TOOL_KINDS = ("python", "search", "llm", "answer")
-
-
-def final_tool_names(cfg: "Config") -> set[str]:
+def final_tool_names(cfg: Config) -> set[str]:
     """Enabled tools whose successful call ends a trajectory with its result as the final answer."""
     return {n for n, t in cfg.tools.tools.items()
             if t.enabled and (t.kind == "answer" or (t.kind == "llm" and t.final_answer))}
-
-
-def _check(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(key, problem)
-
-
-def validate(cfg: Config) -> Config:
-    """Semantic checks a schema cannot express. Raises ConfigError naming the key."""
-    r = cfg.rollout
-    for key in ("max_turns", "max_tokens_per_turn", "max_total_tokens", "group_size", "num_workers",
-                "max_calls_per_turn"):
-        _check(getattr(r, key) > 0, f"rollout.{key}", f"must be > 0, got {getattr(r, key)}")
-    _check(r.mode in ("async", "lockstep"), "rollout.mode", f"must be async or lockstep, got {r.mode!r}")
-    _check(r.temperature >= 0, "rollout.temperature", f"must be >= 0, got {r.temperature}")
-    _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    _check(r.engine.device in ("cpu", "cuda"), "rollout.engine.device", f"must be cpu or cuda, got {r.engine.device!r}")
-    _check(0 < r.engine.gpu_memory_utilization <= 1, "rollout.engine.gpu_memory_utilization", "must be in (0, 1]")
-    _check(r.max_total_tokens <= r.engine.max_model_len, "rollout.max_total_tokens",
-           f"{r.max_total_tokens} exceeds rollout.engine.max_model_len={r.engine.max_model_len}")
-
-    tools = cfg.tools.tools
-    _check(cfg.tools.num_executors > 0, "tools.num_executors", "must be > 0")
-    enabled = {n for n, t in tools.items() if t.enabled}
-    _check("answer" in enabled, "tools.tools", "an enabled tool named 'answer' is required (it ends a trajectory)")
-    for name in r.constrained_tools:
-        _check(name in enabled, "rollout.constrained_tools",
-               f"no enabled tool named {name!r}; tools: {', '.join(sorted(enabled))}")
-    for name, t in tools.items():
-        key = f"tools.tools.{name}"
-        _check(t.kind in TOOL_KINDS, f"{key}.kind", f"unknown kind {t.kind!r}; known: {', '.join(TOOL_KINDS)}")
-        _check(t.max_concurrency > 0, f"{key}.max_concurrency", "must be > 0")
-        _check(t.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
-        _check(t.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
-        _check(t.price_per_call >= 0, f"{key}.price_per_call", "must be >= 0")
-        if t.kind == "llm":
-            _check(bool(t.model), f"{key}.model", "an llm tool needs a model name")
-            _check(bool(t.base_url), f"{key}.base_url", "an llm tool needs a base_url ('experts' for the built-in ones)")
-            for p in ("price_in_per_mtok", "price_out_per_mtok"):
-                _check(getattr(t, p) is not None, f"{key}.{p}", f"price missing for model {t.model!r}")
-                _check(getattr(t, p) >= 0, f"{key}.{p}", "must be >= 0")
-            if t.base_url == "experts":
-                _check(t.model in cfg.data.experts, f"{key}.model",
-                       f"no simulated expert {t.model!r} in data.experts ({', '.join(cfg.data.experts) or 'none'})")
-        if t.kind == "search":
-            _check(t.backend in ("bm25", "tavily"), f"{key}.backend", f"must be bm25 or tavily, got {t.backend!r}")
-            _check(t.top_k > 0, f"{key}.top_k", "must be > 0")
-        if t.kind == "python":
-            for p in ("cpu_time_s", "memory_mb", "max_processes", "max_file_mb", "max_output_bytes"):
-                _check(getattr(t, p) > 0, f"{key}.{p}", "must be > 0")
-    for fam in cfg.data.families:
-        _check(fam in ("arithmetic", "lookup", "multihop", "hard"), "data.families", f"unknown family {fam!r}")
-    for name, e in cfg.data.experts.items():
-        for fam, p in e.accuracy.items():
-            _check(0 <= p <= 1, f"data.experts.{name}.accuracy.{fam}", f"must be in [0, 1], got {p}")
-        _check(e.latency_mean_s >= 0, f"data.experts.{name}.latency_mean_s", "must be >= 0")
-    rw = cfg.reward
-    _check(rw.mode in ("group", "absolute"), "reward.mode", f"must be group or absolute, got {rw.mode!r}")
-    for name in rw.tool_weights:
-        _check(name in enabled, f"reward.tool_weights.{name}",
-               f"no enabled tool named {name!r}; tools: {', '.join(sorted(enabled))}")
-    if rw.judge_tool:
-        _check(rw.judge_tool in enabled and tools[rw.judge_tool].kind == "llm", "reward.judge_tool",
-               f"{rw.judge_tool!r} is not an enabled llm tool")
-    a = cfg.algo
-    _check(a.name in ("grpo", "ppo"), "algo.name", f"must be grpo or ppo, got {a.name!r}")
-    _check(a.loss_agg in ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean"), "algo.loss_agg",
-           f"unknown aggregation {a.loss_agg!r}")
-    _check(a.kl_estimator in ("k1", "k2", "k3"), "algo.kl_estimator", f"must be k1, k2 or k3, got {a.kl_estimator!r}")
-    for key in ("lr", "critic_lr", "micro_batch_tokens", "epochs"):
-        _check(getattr(a, key) > 0, f"algo.{key}", f"must be > 0, got {getattr(a, key)}")
-    _check(0 <= a.clip_low < 1 and a.clip_high >= 0, "algo.clip_low", "need 0 <= clip_low < 1 and clip_high >= 0")
-    _check(a.dual_clip == 0 or a.dual_clip > 1, "algo.dual_clip", f"must be 0 (off) or > 1, got {a.dual_clip}")
-    _check(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "algo.gamma", "gamma and lam must be in [0, 1]")
-    le = cfg.learner
-    _check(le.num_learners > 0, "learner.num_learners", "must be > 0")
-    _check(le.backend in ("gloo", "nccl"), "learner.backend", f"must be gloo or nccl, got {le.backend!r}")
-    _check(le.dtype in ("float32", "bfloat16", "float16"), "learner.dtype", f"unknown dtype {le.dtype!r}")
-    _check(le.weight_sync in ("file", "collective"), "learner.weight_sync",
-           f"must be file or collective, got {le.weight_sync!r}")
-    _check(le.weight_sync != "collective" or cfg.rollout.engine.tensor_parallel_size == 1, "learner.weight_sync",
-           "collective joins one process per engine: needs rollout.engine.tensor_parallel_size=1 (or use file)")
-    t = cfg.train
-    _check(t.steps >= 0, "train.steps", "must be >= 0")
-    _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")
-    _check(t.wandb_mode in ("", "online", "offline", "disabled"), "train.wandb_mode",
-           f"must be online, offline or disabled, got {t.wandb_mode!r}")
-    _check(cfg.sft.num_demos > 0 and cfg.sft.epochs > 0 and cfg.sft.num_workers > 0, "sft",
-           "num_demos, epochs and num_workers must be > 0")
-    _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
-    _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
-    return cfg
-
-
-def to_config(cfg: DictConfig | Config) -> Config:
-    """Turn a composed DictConfig into the typed `Config` object and validate it."""
-    if isinstance(cfg, Config):
-        return validate(cfg)
-    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-    return validate(OmegaConf.to_object(merged))  # type: ignore[arg-type]
-
-
-def load_config(overrides: list[str] | None = None, config_name: str = "config") -> Config:
-    """Compose conf/config.yaml with Hydra overrides (as on the command line) and validate."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        composed = compose(config_name=config_name, overrides=list(overrides or []))
-    return to_config(composed)
-
-
-def describe_error(exc: BaseException) -> str | None:
-    """One line for a configuration error from Hydra, OmegaConf or `validate`; None if `exc` is not one."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, ConfigError):
-            return f"config error: {seen}"
-        if isinstance(seen, OmegaConfBaseException):
-            key = getattr(seen, "full_key", None)
-            msg = str(getattr(seen, "msg", None) or seen).strip().splitlines()[0]
-            return f"config error: {key}: {msg}" if key else f"config error: {msg}"
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    if isinstance(exc, HydraException):
-        return "config error: " + " ".join(str(exc).split(" Config search path")[0].split())
-    return None
-
-
-def as_plain(cfg: Any) -> dict[str, Any]:
-    """A JSON-able dict of a config object (for reports and actor arguments)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

@@ -27,6 +27,10 @@ class Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
 
+    def log_eval(self, summary: dict[str, Any], step: int) -> None:
+        """An evaluation's overall numbers (accuracy, reward, $ cost, ...) as eval/<name>."""
+        self.log({f"eval/{k}": v for k, v in summary["overall"].items() if isinstance(v, float)}, step=step)
+
     def log_trajectories(self, trajectories: list[Trajectory], step: int, tokenizer: Any, limit: int = 4) -> None:
         """A table of sample trajectories: what the orchestrator said, the calls it made, and its reward."""
         table = self.wandb.Table(columns=["task_id", "family", "reward", "answer", "tool_calls", "text"])

@@ -81,7 +81,7 @@ def train(cfg: Config) -> dict[str, Any]:
         sampler = TaskSampler(load_tasks(system.world_dir, "train"), cfg.seed,
                               position=state["data_position"] if state else 0)
         before = scored_eval(system, cfg, "eval before")
-        tracker.log({f"eval/{k}": v for k, v in before["overall"].items() if isinstance(v, float)}, step=0)
+        tracker.log_eval(before, step=0)
 
         first = state["step"] if state else 0
         bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
@@ -95,12 +95,13 @@ def train(cfg: Config) -> dict[str, Any]:
                 rollouts, tasks, system.tool_names)
             samples, sample_stats = make_train_samples_task.remote(scored, cfg.algo)
             metrics = ray.get(metrics) | ray.get(sample_stats)
-            if metrics["samples/kept"]:  # every group degenerate: nothing to learn, the engines stay current
+            t2 = time.perf_counter()
+            if metrics["samples/kept"]:  # else every group was degenerate: no update, and the engines are current
                 metrics |= {f"learner/{k}": v for k, v in system.learners.update(samples).items()}
-                t2 = time.perf_counter()
+                metrics["time/update_s"] = time.perf_counter() - t2
                 metrics |= {f"sync/{k}": v for k, v in system.sync_weights().items()}
-                metrics["time/update_s"] = t2 - t1
-            metrics |= {"time/rollout_s": t1 - t0, "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / (t1 - t0)}
+            metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1,
+                        "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / (t1 - t0)}
             tracker.log(metrics, step=step + 1)
             with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not
                 log.write(json.dumps({"step": step + 1, "task_ids": [t.task_id for t in tasks]} | metrics) + "\n")
@@ -110,17 +111,14 @@ def train(cfg: Config) -> dict[str, Any]:
                             outcome=f"{metrics.get('reward/outcome', 0.0):.3f}",
                             cost=f"{metrics['rollout/cost_usd']:.5f}")
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                during = scored_eval(system, cfg, f"eval at step {step + 1}")
-                tracker.log({f"eval/{k}": v for k, v in during["overall"].items() if isinstance(v, float)},
-                            step=step + 1)
+                tracker.log_eval(scored_eval(system, cfg, f"eval at step {step + 1}"), step=step + 1)
             if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
                 ckpt = checkpoint_dir(str(run_dir), step + 1)
                 system.learners.save_checkpoint(str(ckpt))
                 save_trainer_state(ckpt, step + 1, sampler.position, tracker.run_id)
 
         after = scored_eval(system, cfg, "eval after")
-        tracker.log({f"eval/{k}": v for k, v in after["overall"].items() if isinstance(v, float)},
-                    step=cfg.train.steps)
+        tracker.log_eval(after, step=cfg.train.steps)
     print_comparison(before, after)
     report = {"before": before, "after": after, "model_path": model_path,
               "checkpoint": str(latest_checkpoint(str(run_dir)) or "")}

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.sft.train import DEMOS_FILE, METRICS_FILE, masked_nll_sum
+from tests.conftest import SFT_EPOCHS
 
 
 def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
@@ -23,10 +24,10 @@ def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
 def test_sft_learns_the_tool_call_format(sft_run):
     out, checkpoint = Path(sft_run[0]), sft_run[1]
     assert checkpoint == str(out / "checkpoint")
-    assert len((out / DEMOS_FILE).read_text().splitlines()) == 64
+    assert len((out / DEMOS_FILE).read_text().splitlines()) == 128
 
     history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert [h["epoch"] for h in history] == list(range(1, SFT_EPOCHS + 1))
     losses = [h["loss"] for h in history]
     assert losses[-1] < 0.7 * losses[0], losses
 

@@ -27,5 +27,6 @@ def trajectory_stats(trajectories: list[Trajectory], tool_names: Collection[str]
         "tool_calls_per_trajectory": {name: calls[name] / n for name in sorted(calls)},
         "parse_errors": sum(1 for t in trajectories for turn in t.turns if turn.parse_error),
         "tool_errors": sum(1 for t in trajectories for c in t.tool_calls if c.result.error),
+        "failed": sum(t.stop_reason == "error" for t in trajectories),  # see Trajectory.error
         "stop_reasons": dict(Counter(t.stop_reason for t in trajectories)),
     }

@@ -85,10 +85,13 @@ class Trajectory:
     prompt_length: int
     turns: list[Turn]
     final_answer: str | None
-    stop_reason: str  # "answer" | "done" (the environment ended it without an answer) | "max_turns" | "token_budget"
+    # "answer" | "done" (the environment ended it without an answer) | "max_turns" | "token_budget" | "error" (it
+    # failed: `error` says why; it is never trained on)
+    stop_reason: str
     policy_tokens_in: int = 0  # tokens the orchestrator read across its turns (for pricing its own calls)
     policy_cost_usd: float = 0.0
     wall_time_s: float = 0.0
+    error: str | None = None  # why the trajectory failed (stop_reason "error"): a dead actor, a broken world
     # Filled by the reward actor: the scalar reward and every component of it (outcome, cost, latency, ...).
     reward: float | None = None
     reward_components: dict[str, float] = field(default_factory=dict)

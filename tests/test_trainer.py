@@ -45,7 +45,8 @@ def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_
     logged = steps(run_dir)
     assert [s["step"] for s in logged] == [1, 2]
     for s in logged:
-        assert s["rollout/policy_tokens"] > 0 and s["samples/kept"] + s["samples/dropped_trajectories"] == 16
+        assert s["rollout/policy_tokens"] > 0 and s["samples/failed_trajectories"] == s["rollout/failed"] == 0
+        assert s["samples/kept"] + s["samples/dropped_trajectories"] == 16
         if s["samples/kept"]:  # an update on the kept groups, then the engines got the new weights
             assert s["learner/tokens"] > 0 and s["learner/grad_norm"] > 0 and s["sync/bytes"] > 0
         else:  # every group degenerate: no update, and no sync of unchanged weights

@@ -11,8 +11,11 @@ from orchestra_rl.types import TrainSample, Trajectory
 
 
 def make_train_samples(scored: list[Trajectory], algo: AlgoConfig) -> tuple[list[TrainSample], dict[str, float]]:
-    """Returns the samples and how many trajectories were dropped (groups with all-equal rewards carry no GRPO
-    signal: their advantages are all zero)."""
+    """Returns the samples and how many trajectories were dropped: failed ones (stop_reason "error": the failure
+    was not the policy's, so it neither learns from it nor counts it in its group's statistics), and groups with
+    all-equal rewards (no GRPO signal: their advantages are all zero)."""
+    failed = sum(t.stop_reason == "error" for t in scored)
+    scored = [t for t in scored if t.stop_reason != "error"]
     rewards = torch.tensor([t.reward for t in scored], dtype=torch.float64)
     groups = [t.task_id for t in scored]
     keep = list(range(len(scored)))
@@ -25,7 +28,8 @@ def make_train_samples(scored: list[Trajectory], algo: AlgoConfig) -> tuple[list
     samples = [TrainSample(token_ids=scored[i].token_ids, loss_mask=scored[i].loss_mask,
                            old_logprobs=scored[i].logprobs, advantage=float(advantages[i]),
                            reward=float(rewards[i])) for i in keep]
-    return samples, {"samples/kept": float(len(samples)), "samples/dropped_trajectories": float(len(scored) - len(keep))}
+    return samples, {"samples/kept": float(len(samples)), "samples/failed_trajectories": float(failed),
+                     "samples/dropped_trajectories": float(len(scored) - len(keep))}
 
 
 # The same as a Ray task (num_returns=2): it reads the scored batch from the object store and leaves the samples

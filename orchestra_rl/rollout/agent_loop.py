@@ -3,12 +3,15 @@ user) → append what it said → repeat, until the environment ends the episode
 
 Each trajectory is its own asyncio task, so a slow tool call in one never stalls the others (the engine keeps
 batching whichever trajectories are generating). `lockstep=True` reproduces the reference implementation's
-schedule for comparison: every turn, the whole batch waits for its slowest tool call.
+schedule for comparison: every turn, the whole batch waits for its slowest tool call. Whatever fails inside one
+trajectory (an actor that died, an environment that raised) ends that trajectory alone, with stop_reason
+"error" and the cause; the batch completes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,6 +23,8 @@ from orchestra_rl.rollout.engine import Generation
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.tools.base import Pricing
 from orchestra_rl.types import Task, Trajectory, Turn
+
+log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
@@ -53,16 +58,25 @@ class TurnBarrier:
 
 
 @dataclass
-class _Builder:
-    """Accumulates a trajectory's token stream; keeps tokens, logprobs and mask aligned by construction."""
+class _Record:
+    """A trajectory while it is built: the token stream (tokens, logprobs and mask aligned by construction), its
+    turns and how it ended. It lives outside the episode's code, so a failure half-way still leaves the
+    trajectory so far."""
 
-    token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
+    prompt_length: int = 0
+    turns: list[Turn] = field(default_factory=list)
+    final_answer: str | None = None
+    stop_reason: str = "max_turns"
+    error: str | None = None
+    policy_in: int = 0  # tokens the policy read, over all its turns
+    policy_out: int = 0
 
-    def __post_init__(self) -> None:
-        self.logprobs = [0.0] * len(self.token_ids)
-        self.loss_mask = [0] * len(self.token_ids)
+    def add_prompt(self, ids: list[int]) -> None:
+        self.add_context(ids)
+        self.prompt_length = len(ids)
 
     def add_policy(self, ids: list[int], logprobs: list[float]) -> None:
         assert len(ids) == len(logprobs), "engine returned a logprob per sampled token"
@@ -104,39 +118,46 @@ class AgentLoop:
 
     async def _run(self, task: Task, group_index: int, barrier: TurnBarrier | None) -> Trajectory:
         start = time.perf_counter()
-        episode = await self.env.reset(task, group_index)
+        record = _Record()
         try:
-            return await self._episode(task, group_index, episode, barrier, start)
-        finally:
-            await episode.close()
+            episode = await self.env.reset(task, group_index)
+            try:
+                await self._episode(record, episode, barrier)
+            finally:
+                await episode.close()
+        except Exception as e:  # noqa: BLE001 - one trajectory's failure (a dead actor, a broken world) ends it alone
+            log.warning("trajectory %s/%d failed: %s", task.task_id, group_index, e, exc_info=True)
+            record.stop_reason, record.error = "error", f"{type(e).__name__}: {e}"
+        return Trajectory(
+            task_id=task.task_id, family=task.family, group_index=group_index,
+            token_ids=record.token_ids, logprobs=record.logprobs, loss_mask=record.loss_mask,
+            prompt_length=record.prompt_length, turns=record.turns, final_answer=record.final_answer,
+            stop_reason=record.stop_reason, error=record.error, policy_tokens_in=record.policy_in,
+            policy_cost_usd=self.pricing.cost(record.policy_in, record.policy_out),
+            wall_time_s=time.perf_counter() - start,
+        )
 
-    async def _episode(self, task: Task, group_index: int, episode: Episode, barrier: TurnBarrier | None,
-                       start: float) -> Trajectory:
+    async def _episode(self, record: _Record, episode: Episode, barrier: TurnBarrier | None) -> None:
         cfg = self.cfg
-        tokens = _Builder(self.chat.prompt_ids(episode.opening))
-        prompt_length = len(tokens.token_ids)
-        turns: list[Turn] = []
-        final_answer, stop_reason = None, "max_turns"
-        policy_in = policy_out = 0
-
+        record.add_prompt(self.chat.prompt_ids(episode.opening))
         for turn_index in range(cfg.max_turns):
-            budget = cfg.max_total_tokens - len(tokens.token_ids)
+            budget = cfg.max_total_tokens - len(record.token_ids)
             if budget <= 0:
-                stop_reason = "token_budget"
-                break
+                record.stop_reason = "token_budget"
+                return
             gen = await self.engine.generate(
-                tokens.token_ids, max_tokens=min(cfg.max_tokens_per_turn, budget), temperature=cfg.temperature,
+                record.token_ids, max_tokens=min(cfg.max_tokens_per_turn, budget), temperature=cfg.temperature,
                 top_p=cfg.top_p, stop_token_ids=self.stop_token_ids, stop=self.stop, regex=self.guided_regex)
-            policy_in += len(tokens.token_ids)
-            policy_out += len(gen.token_ids)
-            tokens.add_policy(gen.token_ids, gen.logprobs)
+            record.policy_in += len(record.token_ids)
+            record.policy_out += len(gen.token_ids)
+            record.add_policy(gen.token_ids, gen.logprobs)
 
             parsed = parse_tool_calls(gen.text, cfg.max_calls_per_turn)
             turn = Turn(text=gen.text, num_tokens=len(gen.token_ids),
                         finish_reason="length" if gen.finish_reason == "length" else
                         ("tool_call" if parsed.calls else "stop"),
                         parse_error=parsed.error)
-            turns.append(turn)
+            record.turns.append(turn)
             user_message = None
             if parsed.error:
                 responses = [f"Error: {parsed.error}"]
@@ -145,24 +166,16 @@ class AgentLoop:
                 turn.calls, user_message = observation.calls, observation.user_message
                 responses = [c.result.text for c in turn.calls]
                 if observation.done:
-                    final_answer = observation.final_answer
-                    stop_reason = "answer" if final_answer is not None else "done"
-                    break
+                    record.final_answer = observation.final_answer
+                    record.stop_reason = "answer" if record.final_answer is not None else "done"
+                    return
             if turn_index + 1 == cfg.max_turns:
-                break  # nobody would read the responses: the trajectory ends on the policy's own tokens
+                return  # nobody would read the responses: the trajectory ends on the policy's own tokens
             if barrier is not None:
                 await barrier.wait()
             ended_with_eos = bool(gen.token_ids) and gen.token_ids[-1] == self.chat.eos_token_id
             context = self.chat.continuation_ids(responses, ended_with_eos, user_message)
-            if len(tokens.token_ids) + len(context) >= cfg.max_total_tokens:
-                stop_reason = "token_budget"
-                break
-            tokens.add_context(context)
-
-        return Trajectory(
-            task_id=task.task_id, family=task.family, group_index=group_index,
-            token_ids=tokens.token_ids, logprobs=tokens.logprobs, loss_mask=tokens.loss_mask,
-            prompt_length=prompt_length, turns=turns, final_answer=final_answer, stop_reason=stop_reason,
-            policy_tokens_in=policy_in, policy_cost_usd=self.pricing.cost(policy_in, policy_out),
-            wall_time_s=time.perf_counter() - start,
-        )
+            if len(record.token_ids) + len(context) >= cfg.max_total_tokens:
+                record.stop_reason = "token_budget"
+                return
+            record.add_context(context)

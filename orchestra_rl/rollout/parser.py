@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestra_rl.types import ToolCall
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-_CALL = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+# The longest call body taken at all: a model can write megabytes, and a tool argument of that size is never
+# meant (rollout.max_tokens_per_turn bounds a turn far below it).
+MAX_CALL_CHARS = 16_384
+# Tool arguments are flat in practice; deeper values would strain every later stage (schema validation,
+# serialisation between actors) for nothing.
+MAX_ARGUMENT_DEPTH = 32
 
 
 @dataclass
@@ -22,45 +28,97 @@ class ParsedTurn:
     error: str | None = None
 
 
-def _parse_one(raw: str) -> ToolCall | str:
-    """A ToolCall, or an error message."""
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a key twice are ambiguous (json.loads keeps the last: {"name": "python", "name": "answer"}
+    would run `answer`): refused."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise _DuplicateKey(next(k for k in keys if keys.count(k) > 1))
+    return dict(pairs)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
+def _decode(text: str, start: int) -> tuple[Any, int] | str:
+    """The JSON value at text[start:] (after whitespace) and where it ends, or an error message. Any failure of
+    the decoder is an error message: deeply nested input raises RecursionError, a 5000-digit integer ValueError."""
+    start = len(text) - len(text[start:].lstrip())
     try:
-        obj = json.loads(raw)
+        return _DECODER.raw_decode(text, start)
+    except _DuplicateKey as e:
+        return f"the tool call has the key {e.args[0]!r} twice"
     except json.JSONDecodeError as e:
-        return f"the tool call is not valid JSON ({e.msg} at position {e.pos})"
+        return f"the tool call is not valid JSON ({e.msg} at position {e.pos - start})"
+    except (RecursionError, ValueError) as e:
+        return f"the tool call is not valid JSON ({type(e).__name__})"
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((child, d + 1) for child in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _as_call(obj: Any, raw: str) -> ToolCall | str:
+    """A ToolCall, or an error message."""
     if not isinstance(obj, dict):
         return 'the tool call must be a JSON object {"name": ..., "arguments": {...}}'
     name, arguments = obj.get("name"), obj.get("arguments", {})
     if not isinstance(name, str) or not name:
         return 'the tool call needs a "name" string'
     if isinstance(arguments, str):  # some models emit arguments as a JSON-encoded string
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        decoded = _decode(arguments, 0)
+        if isinstance(decoded, str) or decoded[1] != len(arguments.rstrip()):
             return f'"arguments" of tool call {name!r} is a string that is not valid JSON'
+        arguments = decoded[0]
     if not isinstance(arguments, dict):
         return f'"arguments" of tool call {name!r} must be a JSON object'
+    if _depth(arguments) > MAX_ARGUMENT_DEPTH:
+        return f'"arguments" of tool call {name!r} are nested deeper than {MAX_ARGUMENT_DEPTH} levels'
     return ToolCall(name=name, arguments=arguments, raw=raw)
 
 
 def parse_tool_calls(text: str, max_calls: int = 1) -> ParsedTurn:
-    bodies = _CALL.findall(text)
-    opened = text.count(OPEN)
-    if not bodies:
-        if opened:
-            return ParsedTurn(error=f"the tool call was not closed with {CLOSE} (output too long?)")
+    """The calls of one turn: each `<tool_call>` followed by one JSON object and `</tool_call>`. The object is
+    read by the JSON decoder, so a string argument may itself contain `</tool_call>` (code that prints it)."""
+    position = text.find(OPEN)
+    if position < 0:
         return ParsedTurn(error=f"no tool call found: call one tool as {OPEN}{{\"name\": ..., \"arguments\": "
                                 f"{{...}}}}{CLOSE}; finish with the answer tool")
-    if opened > len(bodies):
-        return ParsedTurn(error=f"a {OPEN} was opened inside another tool call or never closed")
-    if len(bodies) > max_calls:
-        return ParsedTurn(error=f"{len(bodies)} tool calls in one turn; at most {max_calls} allowed")
-    calls = []
-    for raw in bodies:
-        parsed = _parse_one(raw.strip())
-        if isinstance(parsed, str):
-            return ParsedTurn(error=parsed)
-        calls.append(parsed)
+    calls: list[ToolCall] = []
+    while position >= 0:
+        body_start = position + len(OPEN)
+        if text.find(CLOSE, body_start) < 0:
+            return ParsedTurn(error=f"the tool call was not closed with {CLOSE} (output too long?)")
+        if text[body_start:].lstrip().startswith(OPEN):
+            return ParsedTurn(error=f"a {OPEN} was opened inside another tool call or never closed")
+        decoded = _decode(text, body_start)
+        if isinstance(decoded, str):
+            return ParsedTurn(error=decoded)
+        obj, obj_end = decoded
+        close = len(text) - len(text[obj_end:].lstrip())
+        if not text.startswith(CLOSE, close):
+            return ParsedTurn(error=f"the tool call must end with {CLOSE} right after its JSON object")
+        if close - body_start > MAX_CALL_CHARS:
+            return ParsedTurn(error=f"the tool call is longer than {MAX_CALL_CHARS} characters")
+        call = _as_call(obj, text[body_start:close].strip())
+        if isinstance(call, str):
+            return ParsedTurn(error=call)
+        calls.append(call)
+        position = text.find(OPEN, close + len(CLOSE))
+        if len(calls) > max_calls or (position >= 0 and len(calls) == max_calls):
+            n = len(calls) + text.count(OPEN, close + len(CLOSE))
+            return ParsedTurn(error=f"{n} tool calls in one turn; at most {max_calls} allowed")
     return ParsedTurn(calls=calls)
 
 

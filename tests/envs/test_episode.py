@@ -31,21 +31,21 @@ USER_TURNS = 2
 
 
 class CounterWorld(Environment):
-    def __init__(self, fail_on_turn: int | None = None):
-        self.fail_on_turn, self.episodes, self.closed = fail_on_turn, [], 0
+    def __init__(self, failing_group_index: int | None = None):
+        self.failing_group_index, self.episodes, self.closed = failing_group_index, [], 0
 
     async def reset(self, task, group_index):
-        episode = CounterEpisode(self, task.question)
+        episode = CounterEpisode(self, task.question, fails=group_index == self.failing_group_index)
         self.episodes.append(episode)
         return episode
 
 
 class CounterEpisode(Episode):
-    def __init__(self, world: CounterWorld, opening: str):
-        self.world, self.opening, self.db = world, opening, {"count": 0}
+    def __init__(self, world: CounterWorld, opening: str, fails: bool):
+        self.world, self.opening, self.db, self.fails = world, opening, {"count": 0}, fails
 
     async def step(self, turn_index, calls):
-        if turn_index == self.world.fail_on_turn:
+        if self.fails and turn_index == 1:
             raise RuntimeError("the world broke")
         await asyncio.sleep(0.01)  # world work is awaited: other trajectories run meanwhile
         records = []
@@ -100,9 +100,12 @@ async def test_each_rollout_has_its_own_state_and_the_user_speaks_between_turns(
         assert [len(seg) for seg in policy_segments(tr)] == [t.num_tokens for t in tr.turns]
 
 
-async def test_a_failing_world_still_releases_the_episode(engine, tiny_model_path):
-    world = CounterWorld(fail_on_turn=1)
+async def test_a_failing_episode_ends_alone_and_is_released(engine, tiny_model_path):
+    world = CounterWorld(failing_group_index=0)
     loop, _ = agent_loop(engine, tiny_model_path, world)
-    with pytest.raises(RuntimeError, match="the world broke"):
-        await loop.run(Task(task_id="t", family="counter", question="Count for me.", answer=""), 0)
-    assert world.closed == 1
+    task = Task(task_id="t", family="counter", question="Count for me.", answer="")
+    failed, finished = await loop.run_batch([task, task], [0, 1])
+    assert failed.stop_reason == "error" and failed.error == "RuntimeError: the world broke"
+    assert len(failed.turns) == 2 and failed.num_policy_tokens > 0  # the trajectory so far is kept, for the record
+    assert finished.stop_reason == "done" and finished.error is None  # the rest of the batch is unaffected
+    assert world.closed == 2

@@ -51,6 +51,8 @@ class ToolResult:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str | None = None
+    # The endpoint reported no token usage: tokens_in/out (and the cost) are estimated from the text.
+    usage_estimated: bool = False
 
 
 @dataclass

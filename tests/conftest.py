@@ -14,7 +14,7 @@ import pytest
 import ray
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,9 @@ class OpenAIStub:
     always_status: int | None = None  # every call answers this status (e.g. 400)
     delay_s: float = 0.0  # sleep before answering (longer than a client timeout simulates a hung server)
     empty_choices: bool = False  # a malformed 200 response with no choices
+    not_json_first: int = 0  # the first k calls answer 200 with a body that is not JSON
+    no_usage: bool = False  # replies without a usage field
+    retry_after: str | None = None  # the Retry-After header of non-200 replies
     calls: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -69,7 +72,11 @@ def make_stub_app(stub: OpenAIStub) -> FastAPI:
             stub.intervals.append((arrival, time.monotonic()))
         status = stub.always_status or (stub.fail_status if call <= stub.fail_first else 200)
         if status != 200:
-            return JSONResponse({"error": {"message": f"stub status {status}", "type": "stub"}}, status_code=status)
+            headers = {"retry-after": stub.retry_after} if stub.retry_after else None
+            return JSONResponse({"error": {"message": f"stub status {status}", "type": "stub"}}, status_code=status,
+                                headers=headers)
+        if call <= stub.not_json_first:
+            return Response('{"id": "chatcmpl-cut", "choi', media_type="application/json")
         choices = [] if stub.empty_choices else [
             {"index": 0, "message": {"role": "assistant", "content": stub.answer}, "finish_reason": "stop"}
         ]
@@ -79,11 +86,11 @@ def make_stub_app(stub: OpenAIStub) -> FastAPI:
             "created": int(time.time()),
             "model": body["model"],
             "choices": choices,
-            "usage": {
+            **({} if stub.no_usage else {"usage": {
                 "prompt_tokens": stub.prompt_tokens,
                 "completion_tokens": stub.completion_tokens,
                 "total_tokens": stub.prompt_tokens + stub.completion_tokens,
-            },
+            }}),
         })
 
     return app

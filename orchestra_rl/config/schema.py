@@ -105,6 +105,8 @@ class ToolConfig:
     price_out_per_mtok: Optional[float] = None
     max_tokens: int = 256
     temperature: float = 0.0
+    # llm: the most of a reply that enters the trajectory (and a judge's prompt); the rest is cut, and said so.
+    max_reply_chars: int = 4096
     # llm: hand the expert the user's task along with the orchestrator's question (ToolOrchestra routes the
     # problem itself to an expert model; the orchestrator decides which expert, not how to restate it).
     include_task: bool = False

@@ -50,6 +50,7 @@ def validate(cfg: Config) -> Config:
         _check(t.price_per_call >= 0, f"{key}.price_per_call", "must be >= 0")
         if t.kind == "llm":
             _check(bool(t.model), f"{key}.model", "an llm tool needs a model name")
+            _check(t.max_reply_chars > 0, f"{key}.max_reply_chars", "must be > 0")
             _check(bool(t.base_url), f"{key}.base_url", "an llm tool needs a base_url ('experts' for the built-in ones)")
             for p in ("price_in_per_mtok", "price_out_per_mtok"):
                 _check(getattr(t, p) is not None, f"{key}.{p}", f"price missing for model {t.model!r}")

@@ -7,6 +7,7 @@ returns a ToolResult with `error` set, which the policy sees and the reward coun
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -22,10 +23,45 @@ NO_API_KEY = "not-needed"
 
 
 def is_retryable(exc: Exception) -> bool:
-    """Transient API failures: connection errors, rate limits (429) and server errors (5xx)."""
-    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is an APIConnectionError
+    """Transient API failures: connection errors, rate limits (429), server errors (5xx) and malformed replies
+    (a truncated or garbled body is the server's or the network's fault, not the request's)."""
+    # APITimeoutError is an APIConnectionError; json.JSONDecodeError: a 200 whose body is not JSON.
+    if isinstance(exc, (openai.APIConnectionError, MalformedReply, json.JSONDecodeError)):
         return True
     return isinstance(exc, openai.APIStatusError) and (exc.status_code == 429 or exc.status_code >= 500)
+
+
+def retry_after_s(exc: Exception) -> float | None:
+    """The wait a rate-limited server asks for (its Retry-After header, in seconds), if any."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: rare from model APIs; our own backoff applies
+        return None
+
+
+class MalformedReply(ValueError):
+    """A 200 reply that is not a chat completion: not JSON, no choices, no message."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of `text` by the usual ~4 characters per token of English BPE vocabularies: for billing a reply whose
+    endpoint reported no usage (flagged as estimated), never for anything exact."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def reply_text(response: Any) -> str:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedReply("the reply has no choices")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise MalformedReply("the reply's first choice has no message")
+    content = message.content
+    if content is not None and not isinstance(content, str):
+        raise MalformedReply(f"the reply's content is a {type(content).__name__}, not text")
+    return content or ""
 
 
 class LLMTool(Tool):
@@ -55,12 +91,14 @@ class LLMTool(Tool):
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
         include_task: bool = False,
+        max_reply_chars: int = 4096,
     ):
         super().__init__(name, description, pricing)
         self.model = model
         self.include_task = include_task
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.max_reply_chars = max_reply_chars
         self.retry = Retry(max_retries, timeout_s, backoff_s, backoff_max_s)
         # max_retries=0: the client's own retries would multiply ours and hide attempts from latency and logs.
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
@@ -80,22 +118,33 @@ class LLMTool(Tool):
     async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         messages = self.messages(arguments, task)
         start = time.perf_counter()
+
+        async def attempt() -> tuple[Any, str]:
+            response = await self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=self.temperature)
+            return response, reply_text(response)
+
         try:
-            response = await self.retry.call(
-                lambda: self.client.chat.completions.create(
-                    model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=self.temperature),
-                errors=(openai.APIError,), transient=is_retryable, what=f"tool {self.name} (model {self.model})")
+            response, text = await self.retry.call(
+                attempt, errors=(openai.APIError, MalformedReply, json.JSONDecodeError), transient=is_retryable,
+                what=f"tool {self.name} (model {self.model})", retry_after=retry_after_s)
         except CallFailed as failed:
             return self.failure(failed, time.perf_counter() - start)
-        usage = response.usage
-        tokens_in = usage.prompt_tokens if usage else 0
-        tokens_out = usage.completion_tokens if usage else 0
+        usage = getattr(response, "usage", None)
+        tokens_in, tokens_out = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        estimated = not isinstance(tokens_in, int) or not isinstance(tokens_out, int)
+        if estimated:  # billed all the same: the provider charged for the tokens it did not report
+            tokens_in = estimate_tokens("\n".join(m["content"] for m in messages))
+            tokens_out = estimate_tokens(text)
+        if len(text) > self.max_reply_chars:
+            text = f"{text[:self.max_reply_chars]}\n[reply cut: {self.max_reply_chars} of {len(text)} characters]"
         return ToolResult(
-            text=response.choices[0].message.content or "",
+            text=text,
             cost_usd=self.pricing.cost(tokens_in, tokens_out),
             latency_s=time.perf_counter() - start,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
+            usage_estimated=estimated,
         )
 
     def failure(self, failed: CallFailed, latency_s: float) -> ToolResult:
@@ -127,4 +176,5 @@ def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> LLMTool:
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature,
         include_task=cfg.include_task,
+        max_reply_chars=cfg.max_reply_chars,
     )

@@ -43,10 +43,10 @@ class Retry:
 
     @property
     def deadline_s(self) -> float:
-        """Worst-case wall time of one call: every attempt times out and every backoff is the longest. The
-        executor's deadline for the tool must leave room for it."""
-        backoffs = sum(self.backoff_delay_max(a) for a in range(self.max_retries))
-        return (self.max_retries + 1) * self.timeout_s + backoffs
+        """Worst-case wall time of one call: every attempt times out and every wait before a retry is the longest
+        allowed (backoff_max_s: a server's Retry-After may ask for that much). The executor's deadline for the
+        tool must leave room for it."""
+        return (self.max_retries + 1) * self.timeout_s + self.max_retries * self.backoff_max_s
 
     def backoff_delay_max(self, attempt: int) -> float:
         return min(self.backoff_max_s, self.backoff_s * 2**attempt)
@@ -56,9 +56,12 @@ class Retry:
         return self.backoff_delay_max(attempt) * random.uniform(0.5, 1.0)
 
     async def call(self, attempt: Callable[[], Awaitable[T]], errors: tuple[type[Exception], ...],
-                   transient: Callable[[Exception], bool], what: str) -> T:
+                   transient: Callable[[Exception], bool], what: str,
+                   retry_after: Callable[[Exception], float | None] = lambda exc: None) -> T:
         """The result of the first attempt that succeeds. A failure of one of `errors` is retried when `transient`
-        says so; the final one raises CallFailed. Other exceptions are bugs, not failures: they propagate."""
+        says so; the final one raises CallFailed. Other exceptions are bugs, not failures: they propagate.
+        `retry_after(exc)`: the wait the server asked for (a 429's Retry-After), honoured up to backoff_max_s so
+        that `deadline_s` still bounds the call."""
         attempts, n = self.max_retries + 1, 0
         while True:
             n += 1
@@ -72,4 +75,6 @@ class Retry:
                             "; retrying" if retry else "")
                 if not retry:
                     raise CallFailed(exc, n) from exc
-                await asyncio.sleep(self.backoff_delay(n - 1))
+                asked = retry_after(exc)
+                delay = self.backoff_delay(n - 1)
+                await asyncio.sleep(max(delay, min(asked, self.backoff_max_s)) if asked is not None else delay)

@@ -119,3 +119,18 @@ async def test_failed_judge_call_falls_back_to_the_rules(openai_stub_server, jud
     assert score == 0.0
     assert "failed after 1 attempt(s)" in result.error
     assert result.cost_usd == 0.0
+
+
+@pytest.mark.parametrize("fault", ["empty_choices", "not_json"])
+async def test_a_malformed_judge_reply_falls_back_to_the_rules(openai_stub_server, judge_tool, trajectory, task,
+                                                              fault):
+    """A garbled reply comes back from the judge tool as an error result, never an exception: the reward batch
+    it belongs to is scored by the rules."""
+    if fault == "empty_choices":
+        openai_stub_server.empty_choices = True
+    else:
+        openai_stub_server.not_json_first = 100
+
+    score, result = await judge(trajectory(answer="forty-two"), task(answer="42"), judge_tool)
+
+    assert score == 0.0 and result.error is not None and result.cost_usd == 0.0

@@ -157,4 +157,43 @@ async def test_connection_errors_are_retried(make_tool):
 def test_deadline_covers_every_attempt_and_backoff():
     tool = LLMTool("expert", "", model="m", base_url="http://127.0.0.1:9/v1", timeout_s=10.0, max_retries=2,
                    backoff_s=0.5, backoff_max_s=1.5)
-    assert tool.deadline_s == 3 * 10.0 + 0.5 + 1.0  # three timed-out attempts and both backoffs
+    assert tool.deadline_s == 3 * 10.0 + 2 * 1.5  # three timed-out attempts and the two longest waits
+
+
+async def test_a_reply_that_is_not_json_is_retried_then_accepted(openai_stub_server, make_tool):
+    openai_stub_server.not_json_first = 1  # a body cut short: a transient fault of the server or the network
+    result = await make_tool(openai_stub_server.base_url, max_retries=1).call({"question": "q"})
+    assert result.error is None and result.text == "42" and openai_stub_server.calls == 2
+
+
+async def test_a_reply_without_choices_is_an_error_not_an_exception(openai_stub_server, make_tool):
+    openai_stub_server.empty_choices = True
+    result = await make_tool(openai_stub_server.base_url, max_retries=1).call({"question": "q"})
+    assert openai_stub_server.calls == 2 and "MalformedReply: the reply has no choices" in result.error
+    assert result.cost_usd == 0.0
+
+
+async def test_a_reply_without_usage_is_billed_by_estimate_and_flagged(openai_stub_server, make_tool):
+    openai_stub_server.no_usage, openai_stub_server.answer = True, "x" * 400
+    tool = make_tool(openai_stub_server.base_url, pricing=llm.Pricing(2.0, 8.0))
+    result = await tool.call({"question": "y" * 800})
+    assert result.usage_estimated and (result.tokens_in, result.tokens_out) == (200, 100)
+    assert result.cost_usd == pytest.approx((200 * 2.0 + 100 * 8.0) / 1e6)
+
+
+async def test_a_huge_reply_is_cut_and_says_so(openai_stub_server, make_tool):
+    openai_stub_server.answer = "z" * 2_000_000
+    result = await make_tool(openai_stub_server.base_url, max_reply_chars=1000).call({"question": "q"})
+    assert result.text == "z" * 1000 + "\n[reply cut: 1000 of 2000000 characters]"
+    assert result.tokens_out == 500 and not result.usage_estimated  # billed as the server reported
+
+
+async def test_retry_after_of_a_429_is_honoured_up_to_the_backoff_cap(openai_stub_server, make_tool):
+    openai_stub_server.fail_first, openai_stub_server.fail_status, openai_stub_server.retry_after = 1, 429, "0.6"
+    result = await make_tool(openai_stub_server.base_url, max_retries=1, backoff_max_s=2.0).call({"question": "q"})
+    first_reply, second_call = openai_stub_server.intervals[0][1], openai_stub_server.intervals[1][0]
+    assert result.error is None and second_call - first_reply >= 0.6  # not our 0.05 s backoff
+    openai_stub_server.fail_first, openai_stub_server.retry_after = 3, "60"  # call 3 is refused, call 4 answered
+    capped = await make_tool(openai_stub_server.base_url, max_retries=1, backoff_max_s=0.2).call({"question": "q"})
+    assert capped.error is None and openai_stub_server.calls == 4
+    assert openai_stub_server.intervals[3][0] - openai_stub_server.intervals[2][1] < 1.0  # 60 s asked, 0.2 given

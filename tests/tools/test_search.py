@@ -124,7 +124,7 @@ async def test_tavily_retries_transient_errors(fake_tavily):
 def test_deadline_leaves_room_for_the_tavily_retries(tool, monkeypatch):
     monkeypatch.setenv("ORCHESTRA_TEST_TAVILY_KEY", "test-key")
     web = _tavily_tool("http://127.0.0.1:9", max_retries=2)
-    assert web.deadline_s == 3 * web.cfg.timeout_s + 0.5 + 1.0  # every attempt times out, both backoffs
+    assert web.deadline_s == 3 * web.cfg.timeout_s + 2 * web.retry.backoff_max_s  # every attempt times out, two waits
     assert tool.deadline_s == tool.cfg.timeout_s  # bm25: one lookup in memory
 
 

@@ -203,9 +203,11 @@ def _command(limits: SandboxLimits, cgroups: _RunCgroups) -> list[str]:
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind-try", "/etc/localtime", "/etc/localtime",
+        # The private /tmp first, the Python installation after: bwrap mounts in order, and a virtual environment
+        # under /tmp (usual in CI and containers) would be hidden by a tmpfs mounted over it.
+        "--size", str(limits.memory_mb * MiB), "--tmpfs", "/tmp",
         *[arg for d in python_dirs for arg in ("--ro-bind", d, d)],
-        "--proc", "/proc", "--dev", "/dev",
-        "--size", str(limits.memory_mb * MiB), "--tmpfs", "/tmp", "--chdir", "/tmp",
+        "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp",
         "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
         "--",
         # -I: ignore PYTHON* variables and the user site; -u: a killed program still shows what it printed;

@@ -304,26 +304,36 @@ def test_sandbox_command_prints_result_json_under_the_configured_limits(limits, 
     assert run_sandboxed("raise SystemExit(3)", limits).exit_code == 3
 
 
-def test_sandbox_command_runs_with_the_python_tools_configured_limits(monkeypatch, capsys):
-    seen = []
-
-    def fake_run(code: str, limits: SandboxLimits) -> SandboxResult:
-        seen.append((code, limits))
-        return SandboxResult(stdout="4\n", stderr="", exit_code=0, timed_out=False, killed_reason=None,
-                             duration_s=0.1)
-
-    monkeypatch.setattr(sandbox, "run_sandboxed", fake_run)
-    assert main(["sandbox", "-c", "print(2+2)", "tools.tools.python.memory_mb=64",
-                 "tools.tools.python.max_processes=3", "tools.tools.python.max_output_bytes=100"]) == 0
-
-    # conf/tools/default.yaml's values (timeout_s 10, cpu_time_s 5), not ToolConfig's defaults; overrides apply.
-    assert seen == [("print(2+2)", SandboxLimits(cpu_time_s=5, wall_timeout_s=10, memory_mb=64, max_processes=3,
-                                                 max_file_mb=16, max_output_bytes=100))]
-    assert json.loads(capsys.readouterr().out)["stdout"] == "4\n"
+def test_sandbox_command_applies_the_configured_limits(limits, capsys):
+    """`orchestra-rl sandbox` runs under tools.tools.python.* of the composed config, overrides included."""
+    grab = "x = bytearray(200 * 1024 * 1024)\nprint('allocated')"
+    assert main(["sandbox", "-c", grab]) == 0  # conf/tools/default.yaml: memory_mb 512
+    assert json.loads(capsys.readouterr().out)["stdout"] == "allocated\n"
+    assert main(["sandbox", "-c", grab, "tools.tools.python.memory_mb=64"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stdout"] == "" and "MemoryError" in printed["stderr"]
     with pytest.raises(SystemExit) as exited:  # the config is validated like every command's
         main(["sandbox", "-c", "print(1)", "tools.tools.python.memory_mb=0"])
     assert exited.value.code == 2 and "tools.tools.python.memory_mb" in capsys.readouterr().err
-    assert len(seen) == 1
+
+
+def test_a_virtual_environment_under_tmp_runs_code(limits, tmp_path_factory):
+    """The interpreter of a venv under /tmp (CI, containers) must stay visible under the sandbox's private /tmp."""
+    import subprocess
+    import sys
+
+    venv = Path("/tmp") / f"orchestra-venv-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                       check=True, timeout=120)
+        out = subprocess.run([str(venv / "bin" / "python"), "-m", "orchestra_rl.cli", "sandbox", "-c",
+                              "import sys; print(sys.prefix)"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["stdout"] == f"{venv}\n"
+    finally:
+        import shutil
+
+        shutil.rmtree(venv, ignore_errors=True)
 
 
 def test_missing_bubblewrap_names_the_fix(monkeypatch, tmp_path):

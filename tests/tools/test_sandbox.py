@@ -19,10 +19,8 @@ import pytest
 
 from orchestra_rl.cli import main
 from orchestra_rl.config import ToolConfig
-from orchestra_rl.tools import sandbox
 from orchestra_rl.tools.sandbox import (
     SandboxLimits,
-    SandboxResult,
     SandboxUnavailable,
     check_sandbox,
     run_sandboxed,

@@ -90,3 +90,13 @@ def test_cli_prints_one_line_and_exits_2_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip() == "config error: rollout.max_turns: must be > 0, got -1"
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_the_gpu_set_up_is_config_groups_alone():
+    cfg = load_config(["model=qwen3_8b", "rollout=gpu", "learner=gpu", "cluster=gpu_node"])
+    assert (cfg.learner.backend, cfg.learner.dtype, cfg.learner.attn_implementation) == \
+        ("nccl", "bfloat16", "flash_attention_2")
+    assert cfg.learner.num_gpus_per_learner == cfg.rollout.num_gpus_per_worker == 1
+    # 4 engines + 4 learners on the 8 GPUs of the node; weights broadcast over NCCL, no shared file needed.
+    assert cfg.learner.num_learners + cfg.rollout.num_workers == cfg.cluster.num_gpus == 8
+    assert cfg.learner.weight_sync == "collective" and cfg.rollout.engine.device == "cuda"

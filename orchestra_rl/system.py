@@ -93,14 +93,15 @@ class System:
         self.world_dir = build_world(cfg.data)
         experts_url = ""
         uses_experts = any(t.enabled and t.kind == "llm" and t.base_url == "experts" for t in cfg.tools.tools.values())
-        if uses_experts and cfg.serve.enabled:
+        if uses_experts:  # validated: an enabled experts tool implies serve.enabled
             from orchestra_rl.serve.experts import start_experts, stop_experts
 
             experts_url = start_experts(cfg, self.world_dir)
             self._stop.callback(stop_experts)
         self.tool_context = ToolContext(world_dir=str(self.world_dir), experts_base_url=experts_url)
         self.executors = [make_executor(cfg.tools, self.tool_context) for _ in range(cfg.tools.num_executors)]
-        self._stop.callback(lambda: [ray.kill(e) for e in self.executors])
+        for executor in self.executors:
+            self._stop.callback(ray.kill, executor)
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
         self.tool_names: list[str] = [s["function"]["name"] for s in self.tool_schemas]
         self.reward = make_reward_actor(cfg, self.tool_context)

@@ -32,6 +32,7 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
     ("rollout.max_turnz=3", "config error: rollout.max_turnz: Key 'max_turnz' not in 'RolloutConfig'"),
     ("rollout.max_turns=abc", "config error: rollout.max_turns: Value 'abc' of type 'str' could not be converted"),
     ("rollout.mode=sideways", "config error: rollout.mode: must be async or lockstep, got 'sideways'"),
+    ("train.eval_every=-2", "config error: train.eval_every: must be >= 0"),
     ("tools.tools.large_generalist.price_in_per_mtok=null",
      "config error: tools.tools.large_generalist.price_in_per_mtok: price missing for model 'generalist-large'"),
     ("tools.tools.search.kind=telepathy", "config error: tools.tools.search.kind: unknown kind 'telepathy'"),

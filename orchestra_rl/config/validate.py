@@ -113,6 +113,7 @@ def validate(cfg: Config) -> Config:
     t = cfg.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")
+    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: evaluate only before and after)")
     _check(t.wandb_mode in ("", "online", "offline", "disabled"), "train.wandb_mode",
            f"must be online, offline or disabled, got {t.wandb_mode!r}")
     _check(cfg.sft.num_demos > 0 and cfg.sft.epochs > 0 and cfg.sft.num_workers > 0, "sft",

@@ -71,10 +71,17 @@ class RolloutManager:
 
     def rollout(self, tasks: list[Task], group_size: int, lockstep: bool | None = None, max_in_flight: int = 0,
                 on_done: Callable[[list[Trajectory]], None] | None = None) -> list[Trajectory]:
-        """`submit`, fetched here: the trajectories grouped in task order (evaluation and benchmarks)."""
-        callback = (lambda ref, _: on_done(ray.get(ref))) if on_done else None
-        refs = self.submit(tasks, group_size, lockstep, max_in_flight, callback)
-        return in_task_order([t for chunk in ray.get(refs) for t in chunk], tasks)
+        """`submit`, fetched here: the trajectories grouped in task order (evaluation and benchmarks). Each call's
+        result is fetched once, as it finishes; `on_done` sees it then."""
+        fetched: dict[ray.ObjectRef, list[Trajectory]] = {}
+
+        def fetch(ref: ray.ObjectRef, _: int) -> None:
+            fetched[ref] = ray.get(ref)
+            if on_done:
+                on_done(fetched[ref])
+
+        refs = self.submit(tasks, group_size, lockstep, max_in_flight, fetch)
+        return in_task_order([t for ref in refs for t in fetched[ref]], tasks)
 
     def close(self) -> None:
         workers, self.workers = self.workers, []

@@ -32,7 +32,6 @@ class RolloutWorker:
     def __init__(self, cfg: Config, model_path: str, executors: list, tool_schemas: list[dict]):
         from transformers import AutoTokenizer
 
-        self.cfg = cfg
         self.engine = PolicyEngine(model_path, cfg.rollout.engine, cfg.model.dtype)
         chat = ChatFormat(AutoTokenizer.from_pretrained(model_path), cfg.rollout.system_prompt, tool_schemas)
         self.loop = make_agent_loop(cfg, self.engine, chat, executors)
@@ -40,10 +39,9 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
-    async def rollout(self, tasks: list[Task], group_indices: list[int], lockstep: bool | None = None) -> list[Trajectory]:
-        """One trajectory per (task, group index); all run concurrently on this worker's engine."""
-        if lockstep is None:
-            lockstep = self.cfg.rollout.mode == "lockstep"
+    async def rollout(self, tasks: list[Task], group_indices: list[int], lockstep: bool) -> list[Trajectory]:
+        """One trajectory per (task, group index); all run concurrently on this worker's engine. The schedule
+        (lockstep or not) is the rollout manager's."""
         return await self.loop.run_batch(tasks, group_indices, lockstep=lockstep)
 
     async def receive_weights(self, method: str, *args) -> dict[str, float]:

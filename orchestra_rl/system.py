@@ -1,7 +1,7 @@
 """One place that brings every role of the actor system up from the config, and down again.
 
     with ray_session(cfg), System(cfg, model_path, learners=True) as system:
-        system.world_dir       the task world (built once into the cache)
+        system.world_dir       the task world (built once into the cache); system.tasks(split): every source's
         system.executors       tool executors (python sandbox, search, LLM callers); experts on Ray Serve
         system.rollout         RolloutManager over the rollout workers (vLLM engine + agent loops each)
         system.reward          the reward actor
@@ -26,6 +26,7 @@ import ray
 
 from orchestra_rl.config import Config
 from orchestra_rl.data.world import build_world
+from orchestra_rl.envs.sources import load_tasks
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.models.tiny import resolve_model_path
 from orchestra_rl.reward.actor import make_reward_actor
@@ -33,6 +34,7 @@ from orchestra_rl.rollout.manager import RolloutManager
 from orchestra_rl.rollout.worker import make_rollout_worker
 from orchestra_rl.tools.base import ToolContext
 from orchestra_rl.tools.executor import make_executor
+from orchestra_rl.types import Task
 from orchestra_rl.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,10 @@ class System:
             self._stop.callback(self.learners.shutdown)
             if self.rollout is not None:
                 self._weight_sync = WeightSync(cfg.learner.weight_sync, self.learners, self.rollout.workers)
+
+    def tasks(self, split: str) -> list[Task]:
+        """The tasks of `split` from every configured environment source (envs/sources.py)."""
+        return load_tasks(self.cfg, self.world_dir, split)
 
     def sync_weights(self) -> dict[str, float]:
         """Push the learners' current policy into every rollout worker's engine; bytes and seconds."""

@@ -20,7 +20,6 @@ from orchestra_rl.checkpoint import (POLICY_DIR, checkpoint_dir, latest_checkpoi
                                      save_trainer_state)
 from orchestra_rl.config import Config
 from orchestra_rl.data.sampler import TaskSampler
-from orchestra_rl.data.world import load_tasks
 from orchestra_rl.eval.report import print_comparison
 from orchestra_rl.eval.run import evaluate
 from orchestra_rl.learner.samples import make_train_samples_task
@@ -33,7 +32,7 @@ from orchestra_rl.types import Task
 def scored_eval(system: System, cfg: Config, desc: str) -> dict[str, Any]:
     """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size)."""
     summary, trajectories = evaluate(system, cfg.eval.split, cfg.train.eval_max_tasks, cfg.rollout.group_size, desc)
-    tasks = {t.task_id: t for t in load_tasks(system.world_dir, cfg.eval.split)}
+    tasks = {t.task_id: t for t in system.tasks(cfg.eval.split)}
     scored = ray.get(system.reward.score.remote(trajectories, tasks))
     summary["overall"]["reward"] = sum(t.reward for t in scored) / len(scored)
     for family, s in summary["families"].items():
@@ -78,7 +77,7 @@ def train(cfg: Config) -> dict[str, Any]:
     with tracker, System(cfg, model_path, learners=True) as system:
         if state is not None:
             system.learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
-        sampler = TaskSampler(load_tasks(system.world_dir, "train"), cfg.seed,
+        sampler = TaskSampler(system.tasks("train"), cfg.seed,
                               position=state["data_position"] if state else 0)
         before = scored_eval(system, cfg, "eval before")
         tracker.log_eval(before, step=0)

@@ -7,11 +7,13 @@ price and latency, and the final answer. No later stage ever calls back into an 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 UNKNOWN_TOOL = "unknown_tool"  # how summaries count a call to a tool name that is not configured
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # how the chat templates delimit a call
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Task:
     preference: dict[str, float] = field(default_factory=dict)
     preference_text: str = ""  # the same preference in words, shown to the orchestrator
     metadata: dict[str, Any] = field(default_factory=dict)
+    env: str = "qa"  # the environment that runs it: a key of the config's `env` (envs/sources.py)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "Task":
@@ -39,6 +42,10 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     raw: str = ""  # the text between <tool_call> and </tool_call>
+
+    def render(self) -> str:
+        """The call exactly as the chat template renders an assistant's call (what a scripted policy writes)."""
+        return f"{TOOL_CALL_OPEN}\n{json.dumps({'name': self.name, 'arguments': self.arguments})}\n{TOOL_CALL_CLOSE}"
 
 
 @dataclass
@@ -94,6 +101,10 @@ class Trajectory:
     policy_cost_usd: float = 0.0
     wall_time_s: float = 0.0
     error: str | None = None  # why the trajectory failed (stop_reason "error"): a dead actor, a broken world
+    # The environment's own grade of the episode (τ²-Bench's evaluator), the outcome the reward mixes; None: the
+    # reward's verifiers judge final_answer. env_info: the grader's details.
+    env_outcome: float | None = None
+    env_info: dict[str, Any] = field(default_factory=dict)
     # Filled by the reward actor: the scalar reward and every component of it (outcome, cost, latency, ...).
     reward: float | None = None
     reward_components: dict[str, float] = field(default_factory=dict)

@@ -14,17 +14,19 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from orchestra_rl.config.schema import (
-    DEFAULT_CACHE, TASK_FAMILIES, TOOL_KINDS, AlgoConfig, BenchConfig, ClusterConfig, Config, DataConfig,
-    EngineConfig, EvalConfig, ExpertModelConfig, LearnerConfig, ModelConfig, RewardConfig, RolloutConfig,
-    ServeConfig, SFTConfig, ToolConfig, ToolsConfig, TrainConfig, final_tool_names,
+    DEFAULT_CACHE, ENV_KINDS, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, AlgoConfig, BenchConfig,
+    ClusterConfig, Config, DataConfig, EngineConfig, EnvSourceConfig, EvalConfig, ExpertModelConfig, LearnerConfig,
+    ModelConfig, RewardConfig, RolloutConfig, ServeConfig, SFTConfig, ToolConfig, ToolsConfig, TrainConfig,
+    UserConfig, env_sources, final_tool_names,
 )
 from orchestra_rl.config.validate import ConfigError, validate
 
 __all__ = [
-    "CONF_DIR", "DEFAULT_CACHE", "TASK_FAMILIES", "TOOL_KINDS", "AlgoConfig", "BenchConfig", "ClusterConfig",
-    "Config", "ConfigError", "DataConfig", "EngineConfig", "EvalConfig", "ExpertModelConfig", "LearnerConfig",
-    "ModelConfig", "RewardConfig", "RolloutConfig", "SFTConfig", "ServeConfig", "ToolConfig", "ToolsConfig",
-    "TrainConfig", "as_plain", "describe_error", "final_tool_names", "load_config", "register_configs", "to_config",
+    "CONF_DIR", "DEFAULT_CACHE", "ENV_KINDS", "TASK_FAMILIES", "TAU2_DOMAINS", "TOOL_KINDS", "USER_KINDS",
+    "AlgoConfig", "BenchConfig", "ClusterConfig", "Config", "ConfigError", "DataConfig", "EngineConfig",
+    "EnvSourceConfig", "EvalConfig", "ExpertModelConfig", "LearnerConfig", "ModelConfig", "RewardConfig",
+    "RolloutConfig", "SFTConfig", "ServeConfig", "ToolConfig", "ToolsConfig", "TrainConfig", "UserConfig",
+    "as_plain", "describe_error", "env_sources", "final_tool_names", "load_config", "register_configs", "to_config",
     "validate",
 ]
 

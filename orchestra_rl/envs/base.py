@@ -1,10 +1,12 @@
 """The environment role: the world one trajectory acts in. The agent loop drives an Episode per trajectory:
 
     episode = await env.reset(task, group_index)   # this trajectory's own state: nothing shared with its group
-    the prompt: the system prompt and episode.opening (the user's first message)
-    each policy turn: observation = await episode.step(turn_index, calls)
+    the prompt: episode.system_prompt (or the configured one), episode.tool_schemas (or the configured tools),
+                episode.opening (the user's first message)
+    each policy turn: observation = await episode.step(turn_index, message, calls)
         → the calls with their results (rendered as tool messages), the user's next message if the world has a
           user, and whether the episode is over (with its final answer)
+    grade = await episode.grade(stop_reason)      # the world's own grader, if it has one (τ²-Bench's evaluator)
     await episode.close()                          # state released: on the last turn, and on any failure
 
 Everything an environment does is awaited on the rollout worker's event loop, so an implementation must not
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord
 
@@ -29,16 +32,35 @@ class Observation:
     user_message: str | None = None  # the user's next turn (None: tool responses only)
     done: bool = False  # the episode is over; the policy gets no further turn
     final_answer: str | None = None  # the answer the episode ended with, if any
+    # The turn broke a rule of this world (the QA world: no tool call): shown to the policy as an error tool
+    # response and counted as a parse error.
+    error: str | None = None
+
+
+@dataclass
+class Grade:
+    """A world's own verdict on a finished episode: the outcome o ∈ [0, 1] the reward mixes (docs/rewards.md)."""
+
+    outcome: float
+    info: dict[str, Any] = field(default_factory=dict)  # the grader's details (JSON-able), kept on the trajectory
 
 
 class Episode(abc.ABC):
     """One trajectory's run through an environment."""
 
     opening: str  # the user's first message
+    system_prompt: str | None = None  # this episode's system prompt; None: rollout.system_prompt
+    tool_schemas: list[dict] | None = None  # this episode's tools (OpenAI schemas); None: the configured tools
 
     @abc.abstractmethod
-    async def step(self, turn_index: int, calls: list[ToolCall]) -> Observation:
-        """Execute the policy's well-formed tool calls of one turn against this episode's state."""
+    async def step(self, turn_index: int, message: str, calls: list[ToolCall]) -> Observation:
+        """The policy's turn against this episode's state: `message` is its text outside tool calls, `calls` its
+        well-formed tool calls (possibly none)."""
+
+    async def grade(self, stop_reason: str) -> Grade | None:
+        """The world's verdict once the episode is over (`stop_reason` as on the trajectory). None: the world
+        has no grader of its own, and the reward's verifiers judge the final answer (reward/outcome.py)."""
+        return None
 
     async def close(self) -> None:
         """Release this episode's state. Called once, whether the episode ended or failed."""

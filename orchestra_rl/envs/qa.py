@@ -1,7 +1,7 @@
 """The QA world of toolscale-mini as an environment: the user asks one question (with their preference, if any)
 and says nothing more; the policy's calls go to the configured tools (tool executors); the episode ends when a
 final-answer tool (`answer`, or an expert with `final_answer: true`) succeeds, its result the final answer.
-Stateless: an episode holds only its task."""
+A turn without a tool call is an error the policy is shown (nobody reads a message). Stateless: an episode holds only its task."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from typing import Awaitable, Callable
 
 from orchestra_rl.envs.base import Environment, Episode, Observation
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
+
+# The QA world's answer to a turn without a tool call.
+NO_CALL = ('no tool call found: call one tool as <tool_call>{"name": ..., "arguments": {...}}</tool_call>; '
+           "finish with the answer tool")
 
 CallTool = Callable[[str, dict, str], Awaitable[ToolResult]]  # (tool name, arguments, the user's task)
 
@@ -38,7 +42,9 @@ class QAEpisode(Episode):
         result = await self.env.call_tool(call.name, call.arguments, self.opening)
         return ToolCallRecord(turn=turn_index, name=call.name, arguments=call.arguments, result=result)
 
-    async def step(self, turn_index: int, calls: list[ToolCall]) -> Observation:
+    async def step(self, turn_index: int, message: str, calls: list[ToolCall]) -> Observation:
+        if not calls:  # the user only reads the final answer: every turn must call a tool
+            return Observation(error=NO_CALL)
         records = list(await asyncio.gather(*(self._call(turn_index, c) for c in calls)))
         answer = next((c for c in records if c.name in self.env.final_tools and c.result.error is None), None)
         if answer is None:

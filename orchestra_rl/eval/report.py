@@ -10,27 +10,27 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestra_rl.metrics import trajectory_stats
-from orchestra_rl.reward.outcome import is_correct
+from orchestra_rl.reward.outcome import solved
 from orchestra_rl.types import Task, Trajectory
 
 
-def _summary(trajectories: list[Trajectory], gold: dict[str, str],
+def _summary(trajectories: list[Trajectory], tasks: dict[str, Task],
              tool_names: Collection[str] | None) -> dict[str, Any]:
-    accuracy = fmean(is_correct(t.final_answer, gold[t.task_id], t.family) for t in trajectories)
+    accuracy = fmean(solved(t, tasks[t.task_id]) for t in trajectories)
     return {"accuracy": accuracy, **trajectory_stats(trajectories, tool_names)}
 
 
 def summarize(trajectories: list[Trajectory], tasks: list[Task],
               tool_names: Collection[str] | None = None) -> dict[str, Any]:
-    """Overall and per-family metrics. Accuracy counts the answers the reward's rules accept (reward.outcome; never
-    the LLM judge). Calls to names outside `tool_names` (if given) count as UNKNOWN_TOOL."""
+    """Overall and per-family metrics. Accuracy counts the trajectories that solved their task (reward.outcome:
+    the rules, or the environment's grader; never the LLM judge). Calls to names outside `tool_names` (if given) count as UNKNOWN_TOOL."""
     if not trajectories:
         raise ValueError("no trajectories to summarize")
-    gold = {t.task_id: t.answer for t in tasks}
+    by_id = {t.task_id: t for t in tasks}
     families = sorted({t.family for t in trajectories})
     return {
-        "overall": _summary(trajectories, gold, tool_names),
-        "families": {f: _summary([t for t in trajectories if t.family == f], gold, tool_names) for f in families},
+        "overall": _summary(trajectories, by_id, tool_names),
+        "families": {f: _summary([t for t in trajectories if t.family == f], by_id, tool_names) for f in families},
     }
 
 

@@ -11,9 +11,8 @@ from tqdm import tqdm
 
 from orchestra_rl.config import Config, as_plain
 from orchestra_rl.data.sampler import interleave_families
-from orchestra_rl.data.world import load_tasks
 from orchestra_rl.eval.report import print_summary, summarize
-from orchestra_rl.reward.outcome import is_correct
+from orchestra_rl.reward.outcome import solved
 from orchestra_rl.system import System
 from orchestra_rl.types import Trajectory
 
@@ -22,15 +21,15 @@ def evaluate(system: System, split: str, max_tasks: int, group_size: int,
              desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
     """Roll out the split's tasks with the system's current policy; returns (summary, trajectories). With
     `max_tasks`, a subset in which every family is represented."""
-    tasks = load_tasks(system.world_dir, split)
+    tasks = system.tasks(split)
     if max_tasks:
         tasks = interleave_families(tasks)[:max_tasks]
-    gold = {t.task_id: t.answer for t in tasks}
+    by_id = {t.task_id: t for t in tasks}
     correct = 0
     with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:
         def on_done(group: list[Trajectory]) -> None:
             nonlocal correct
-            correct += sum(is_correct(t.final_answer, gold[t.task_id], t.family) for t in group)
+            correct += sum(solved(t, by_id[t.task_id]) for t in group)
             bar.update(len(group))
             bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
 

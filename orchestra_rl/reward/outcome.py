@@ -1,7 +1,8 @@
 """Outcome o ∈ [0, 1] of a trajectory (docs/rewards.md): a rule-based verifier per task family, or an LLM judge.
 
 The rules are the one definition of a right answer: the reward's outcome, eval accuracy (eval.report) and the
-`correct` of SFT demonstrations all call `answer_score`. Exact match after normalisation, and for families with
+`correct` of SFT demonstrations all call `answer_score`. An environment with a grader of its own (τ²-Bench)
+decides instead: its grade (Trajectory.env_outcome) is the outcome. Exact match after normalisation, and for families with
 numeric answers, numeric equality ("1,234" = "1234.0" = "1.234e3"). The optional judge asks a model behind an
 OpenAI-compatible endpoint whether a prediction the rules reject still means the gold answer (a paraphrase, a
 unit written out); only the reward asks it. A judge call costs money like any other LLM call, so its cost
@@ -78,8 +79,16 @@ def is_correct(prediction: str | None, gold: str, family: str) -> bool:
 
 
 def outcome_score(trajectory: Trajectory, task: Task) -> float:
-    """o ∈ [0, 1] of the trajectory's final answer by the rules of the task's family."""
+    """o ∈ [0, 1]: the environment's grade where it has a grader (τ²-Bench), else the trajectory's final answer
+    by the rules of the task's family."""
+    if trajectory.env_outcome is not None:
+        return trajectory.env_outcome
     return answer_score(trajectory.final_answer, task.answer, task.family)
+
+
+def solved(trajectory: Trajectory, task: Task) -> bool:
+    """Whether the trajectory fully solved its task: what eval accuracy counts."""
+    return outcome_score(trajectory, task) == 1.0
 
 
 JUDGE_PROMPT = """You grade answers. Decide whether the predicted answer means the same as the gold answer \
@@ -104,6 +113,8 @@ async def judge(trajectory: Trajectory, task: Task, judge_tool: LLMTool) -> tupl
     result) so one bad judge reply never loses a batch.
     """
     rule = outcome_score(trajectory, task)
+    if trajectory.env_outcome is not None:
+        return rule, ToolResult(text="judge not asked: graded by its environment")
     if trajectory.final_answer is None or rule == 1.0:
         return rule, ToolResult(text="judge not asked: " + ("no answer" if rule == 0.0 else "rule match"))
     question = JUDGE_PROMPT.format(question=task.question, gold=task.answer, prediction=trajectory.final_answer)

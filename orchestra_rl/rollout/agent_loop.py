@@ -71,6 +71,8 @@ class _Record:
     final_answer: str | None = None
     stop_reason: str = "max_turns"
     error: str | None = None
+    env_outcome: float | None = None  # the environment's grade, if it has a grader
+    env_info: dict = field(default_factory=dict)
     policy_in: int = 0  # tokens the policy read, over all its turns
     policy_out: int = 0
 
@@ -123,6 +125,9 @@ class AgentLoop:
             episode = await self.env.reset(task, group_index)
             try:
                 await self._episode(record, episode, barrier)
+                grade = await episode.grade(record.stop_reason)
+                if grade is not None:
+                    record.env_outcome, record.env_info = grade.outcome, grade.info
             finally:
                 await episode.close()
         except Exception as e:  # noqa: BLE001 - one trajectory's failure (a dead actor, a broken world) ends it alone
@@ -132,14 +137,15 @@ class AgentLoop:
             task_id=task.task_id, family=task.family, group_index=group_index,
             token_ids=record.token_ids, logprobs=record.logprobs, loss_mask=record.loss_mask,
             prompt_length=record.prompt_length, turns=record.turns, final_answer=record.final_answer,
-            stop_reason=record.stop_reason, error=record.error, policy_tokens_in=record.policy_in,
+            stop_reason=record.stop_reason, error=record.error, env_outcome=record.env_outcome,
+            env_info=record.env_info, policy_tokens_in=record.policy_in,
             policy_cost_usd=self.pricing.cost(record.policy_in, record.policy_out),
             wall_time_s=time.perf_counter() - start,
         )
 
     async def _episode(self, record: _Record, episode: Episode, barrier: TurnBarrier | None) -> None:
         cfg = self.cfg
-        record.add_prompt(self.chat.prompt_ids(episode.opening))
+        record.add_prompt(self.chat.prompt_ids(episode.opening, episode.system_prompt, episode.tool_schemas))
         for turn_index in range(cfg.max_turns):
             budget = cfg.max_total_tokens - len(record.token_ids)
             if budget <= 0:
@@ -162,9 +168,12 @@ class AgentLoop:
             if parsed.error:
                 responses = [f"Error: {parsed.error}"]
             else:
-                observation = await episode.step(turn_index, parsed.calls)
+                observation = await episode.step(turn_index, parsed.content, parsed.calls)
                 turn.calls, user_message = observation.calls, observation.user_message
                 responses = [c.result.text for c in turn.calls]
+                if observation.error:
+                    turn.parse_error = observation.error
+                    responses.append(f"Error: {observation.error}")
                 if observation.done:
                     record.final_answer = observation.final_answer
                     record.stop_reason = "answer" if record.final_answer is not None else "done"

@@ -22,17 +22,21 @@ class ChatFormat:
         # </tool_call> as one token (tiny, Qwen3) lets the engine stop on its id; else stop on the string.
         self.tool_call_end_id: int | None = close_ids[0] if len(close_ids) == 1 else None
 
-    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tools=self.tool_schemas, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                tools: list[dict[str, Any]] | None = None) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=self.tool_schemas if tools is None else tools,
+                                                  tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def prompt_ids(self, opening: str) -> list[int]:
-        """The system prompt and the user's first message, then the assistant's header."""
-        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": opening}]
-        return self._encode(self._render(messages, add_generation_prompt=True))
+    def prompt_ids(self, opening: str, system_prompt: str | None = None,
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The system prompt and the user's first message, then the assistant's header. An episode may bring its
+        own system prompt and tools (a τ²-Bench domain's policy and tools); None: the configured ones."""
+        messages = [{"role": "system", "content": self.system_prompt if system_prompt is None else system_prompt},
+                    {"role": "user", "content": opening}]
+        return self._encode(self._render(messages, add_generation_prompt=True, tools=tools))
 
     def continuation_ids(self, tool_responses: list[str], ended_with_eos: bool,
                          user_message: str | None = None) -> list[int]:

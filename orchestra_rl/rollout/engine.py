@@ -22,6 +22,32 @@ class Generation:
     stop_token_id: int | None  # which stop token ended it (None on length)
 
 
+def scripted_generation(tokenizer, text: str, max_tokens: int, stop_token_ids: list[int] | None = None) -> Generation:
+    """`text` as if an engine had sampled it (logprob 0.0 per token), cut at max_tokens as an engine would: what a
+    scripted policy (SFT demonstrations, golden replays) returns."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    finish_reason = "stop"
+    if len(ids) > max_tokens:
+        ids, finish_reason = ids[:max_tokens], "length"
+    stop_id = ids[-1] if finish_reason == "stop" and ids and ids[-1] in (stop_token_ids or []) else None
+    return Generation(ids, [0.0] * len(ids), tokenizer.decode(ids, skip_special_tokens=False), finish_reason, stop_id)
+
+
+class ScriptedEngine:
+    """The Engine protocol for one trajectory whose turns are written in advance: the i-th call returns turns[i]
+    (the last one again once they run out)."""
+
+    def __init__(self, tokenizer, turns: list[str]):
+        self.tokenizer, self.turns, self.calls = tokenizer, list(turns), 0
+
+    async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                       stop_token_ids: list[int] | None = None, stop: list[str] | None = None,
+                       regex: str | None = None) -> Generation:
+        text = self.turns[min(self.calls, len(self.turns) - 1)]
+        self.calls += 1
+        return scripted_generation(self.tokenizer, text, max_tokens, stop_token_ids)
+
+
 class PolicyEngine:
     """Thin async wrapper over vLLM AsyncLLM: token ids in, token ids + logprobs out."""
 

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestra_rl.types import TOOL_CALL_CLOSE as CLOSE
+from orchestra_rl.types import TOOL_CALL_OPEN as OPEN
 from orchestra_rl.types import ToolCall
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # The longest call body taken at all: a model can write megabytes, and a tool argument of that size is never
 # meant (rollout.max_tokens_per_turn bounds a turn far below it).
 MAX_CALL_CHARS = 16_384
@@ -26,6 +27,7 @@ MAX_ARGUMENT_DEPTH = 32
 class ParsedTurn:
     calls: list[ToolCall] = field(default_factory=list)
     error: str | None = None
+    content: str = ""  # the turn's text outside its tool calls (a message to the user, in a world with one)
 
 
 class _DuplicateKey(ValueError):
@@ -90,13 +92,15 @@ def _as_call(obj: Any, raw: str) -> ToolCall | str:
 
 def parse_tool_calls(text: str, max_calls: int = 1) -> ParsedTurn:
     """The calls of one turn: each `<tool_call>` followed by one JSON object and `</tool_call>`. The object is
-    read by the JSON decoder, so a string argument may itself contain `</tool_call>` (code that prints it)."""
+    read by the JSON decoder, so a string argument may itself contain `</tool_call>` (code that prints it). A
+    turn without any call is no error here: whether it may be is the environment's rule (a message to the user
+    in a τ²-style world; an error in the QA world)."""
     position = text.find(OPEN)
-    if position < 0:
-        return ParsedTurn(error=f"no tool call found: call one tool as {OPEN}{{\"name\": ..., \"arguments\": "
-                                f"{{...}}}}{CLOSE}; finish with the answer tool")
     calls: list[ToolCall] = []
+    outside: list[str] = []
+    previous_end = 0
     while position >= 0:
+        outside.append(text[previous_end:position])
         body_start = position + len(OPEN)
         if text.find(CLOSE, body_start) < 0:
             return ParsedTurn(error=f"the tool call was not closed with {CLOSE} (output too long?)")
@@ -115,11 +119,13 @@ def parse_tool_calls(text: str, max_calls: int = 1) -> ParsedTurn:
         if isinstance(call, str):
             return ParsedTurn(error=call)
         calls.append(call)
-        position = text.find(OPEN, close + len(CLOSE))
+        previous_end = close + len(CLOSE)
+        position = text.find(OPEN, previous_end)
         if len(calls) > max_calls or (position >= 0 and len(calls) == max_calls):
             n = len(calls) + text.count(OPEN, close + len(CLOSE))
             return ParsedTurn(error=f"{n} tool calls in one turn; at most {max_calls} allowed")
-    return ParsedTurn(calls=calls)
+    outside.append(text[previous_end:])
+    return ParsedTurn(calls=calls, content="".join(outside).strip())
 
 
 def tool_call_regex(tool_schemas: list[dict], max_chars: int = 32) -> str:

@@ -6,8 +6,8 @@ import time
 
 import ray
 
-from orchestra_rl.config import Config, final_tool_names
-from orchestra_rl.envs.qa import QAEnvironment
+from orchestra_rl.config import Config
+from orchestra_rl.envs.sources import make_environment
 from orchestra_rl.rollout.agent_loop import AgentLoop, Engine
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import PolicyEngine
@@ -18,12 +18,12 @@ from orchestra_rl.types import Task, Trajectory
 
 
 def make_agent_loop(cfg: Config, engine: Engine, chat: ChatFormat, executors: list) -> AgentLoop:
-    """The agent loop as a rollout worker runs it, and the scripted demonstrations too: the QA world (tool calls
-    through the executors, the final-answer tools), the orchestrator's own tokens priced, constrained decoding if
-    configured."""
+    """The agent loop as a rollout worker runs it, and the scripted demonstrations too: the configured
+    environments (envs/sources.py; tool calls through the executors), the orchestrator's own tokens priced,
+    constrained decoding if configured."""
     constrained = set(cfg.rollout.constrained_tools)
     constrained_schemas = [s for s in chat.tool_schemas if s["function"]["name"] in constrained]
-    env = QAEnvironment(ToolPool(executors).call, final_tool_names(cfg))
+    env = make_environment(cfg, ToolPool(executors).call, chat.tool_schemas)
     return AgentLoop(engine, env, chat, cfg.rollout, Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok),
                      guided_regex=tool_call_regex(constrained_schemas) if constrained else None)
 

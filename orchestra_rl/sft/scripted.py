@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 from typing import Any
 
 from orchestra_rl.config import Config
 from orchestra_rl.data.strategies import expected_outcomes
-from orchestra_rl.rollout.engine import Generation
-from orchestra_rl.types import Task
+from orchestra_rl.rollout.engine import Generation, scripted_generation
+from orchestra_rl.types import Task, ToolCall
 
 # A strategy is demonstrated for a family when its expected accuracy reaches this. With the default experts:
 # arithmetic: python, math_expert, small_generalist, large_generalist; lookup: search, large_generalist;
@@ -47,7 +46,7 @@ EXPERT_REQUEST = "Solve the task."
 
 def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     """One tool call exactly as the chat template renders an assistant's call."""
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+    return ToolCall(name, arguments).render()
 
 
 def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
@@ -121,13 +120,7 @@ class ScriptedPolicy:
         """The next turn for this context. Sampling arguments do not apply; a turn longer than max_tokens is
         cut there, as an engine would."""
         text = self.next_turn(self.tokenizer.decode(prompt_ids, skip_special_tokens=False))
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        finish_reason = "stop"
-        if len(ids) > max_tokens:
-            ids, finish_reason = ids[:max_tokens], "length"
-        stop_id = ids[-1] if finish_reason == "stop" and ids and ids[-1] in (stop_token_ids or []) else None
-        return Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids, skip_special_tokens=False),
-                          finish_reason, stop_id)
+        return scripted_generation(self.tokenizer, text, max_tokens, stop_token_ids)
 
     def next_turn(self, context: str) -> str:
         task = self.task_in(context)

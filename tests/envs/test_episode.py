@@ -44,7 +44,7 @@ class CounterEpisode(Episode):
     def __init__(self, world: CounterWorld, opening: str, fails: bool):
         self.world, self.opening, self.db, self.fails = world, opening, {"count": 0}, fails
 
-    async def step(self, turn_index, calls):
+    async def step(self, turn_index, message, calls):
         if self.fails and turn_index == 1:
             raise RuntimeError("the world broke")
         await asyncio.sleep(0.01)  # world work is awaited: other trajectories run meanwhile

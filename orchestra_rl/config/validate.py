@@ -135,10 +135,3 @@ def _validate_env(cfg: Config) -> None:
                f"unknown τ²-Bench domain {e.domain!r}; known: {', '.join(TAU2_DOMAINS)}")
         u = e.user
         _check(u.kind in USER_KINDS, f"{key}.user.kind", f"unknown kind {u.kind!r}; known: {', '.join(USER_KINDS)}")
-        if u.kind == "llm":
-            _check(bool(u.model), f"{key}.user.model", "an llm user needs a model name")
-            _check(bool(u.base_url), f"{key}.user.base_url", "an llm user needs the base_url of an OpenAI-compatible API")
-            _check(u.max_tokens > 0 and u.timeout_s > 0 and u.max_retries >= 0, f"{key}.user",
-                   "max_tokens and timeout_s must be > 0, max_retries >= 0")
-            _check(u.price_in_per_mtok >= 0 and u.price_out_per_mtok >= 0, f"{key}.user.price_in_per_mtok",
-                   "prices must be >= 0")

@@ -7,9 +7,8 @@ is ours is the adapter: the domain's tools are offered next to the configured on
 expert; those calls stay out of tau2's transcript, which holds only what the domain saw), its policy text goes into
 the system prompt, and the user is one of (config `user.kind`):
 
-  scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator
-  llm       tau2's user simulator (its guidelines and scenario prompt) over an OpenAI-compatible endpoint
-            (not built yet); its cost will be tracked in env_info, never charged to the orchestrator
+  scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator (which is not
+            wired in yet)
   solo      no user: tau2's solo mode (the task's ticket is the opening; the policy ends with the `done` tool)
 
 An episode ends when the policy writes ###STOP###, the user stops (###STOP###, ###TRANSFER###), or the loop's
@@ -99,18 +98,11 @@ class ScriptedUser:
             later = [" ".join(p.strip() for p in (instructions.task_instructions, instructions.unknown_info) if p)]
         self.script = [s for s in later if s]
 
-    async def reply(self, conversation: list, transferred: bool) -> tuple[str, dict[str, float]]:
-        """The user's next message (and its cost: none) after the agent's message."""
+    def reply(self, transferred: bool) -> str:
+        """The user's next message after the agent's message."""
         if transferred:
-            return TRANSFER, {}
-        return (self.script.pop(0) if self.script else f"Thank you, that is all. {STOP}"), {}
-
-
-def make_user(task, cfg: UserConfig):
-    if cfg.kind == "llm":
-        raise NotImplementedError("user.kind=llm (tau2's user simulator over an OpenAI-compatible endpoint) is not "
-                                  "built yet; use user.kind=scripted or solo")
-    return ScriptedUser(task)
+            return TRANSFER
+        return self.script.pop(0) if self.script else f"Thank you, that is all. {STOP}"
 
 
 def golden_turns(task: Task) -> list[str]:
@@ -140,14 +132,19 @@ class Tau2Environment(Environment):
         self.name, self.source, self.call_tool = name, source, call_tool
         self.make_env = registry.get_env_constructor(source.domain)
         self.solo = source.user.kind == "solo"
-        probe = self.make_env(solo_mode=self.solo)
-        domain = [t.name for t in probe.get_tools()] + [t.name for t in (probe.get_user_tools() if self.solo else [])]
-        self.configured = [s for s in tool_schemas if s["function"]["name"] not in final_tools]
-        clash = sorted(set(domain) & {s["function"]["name"] for s in self.configured})
+        probe = self.make_env(solo_mode=self.solo)  # the domain's tools and policy, the same for every episode
+        user_tools = probe.get_user_tools() if self.solo and probe.user_tools else []
+        self.user_tools = {t.name for t in user_tools}  # solo: the policy also acts for the user
+        self.domain_tools = {t.name for t in probe.get_tools()} | self.user_tools
+        configured = [s for s in tool_schemas if s["function"]["name"] not in final_tools]
+        clash = sorted(self.domain_tools & {s["function"]["name"] for s in configured})
         if clash:
             raise ValueError(f"env.{name}: configured tool(s) {', '.join(clash)} have the name of a τ²-Bench "
                              f"{source.domain} tool; rename or disable them")
         self.system_prompt = f"{source.system_prompt}\n\n<policy>\n{probe.get_policy()}\n</policy>"
+        self.tool_schemas = ([t.openai_schema for t in [*probe.get_tools(), *user_tools]]
+                             + ([DONE_SCHEMA] if self.solo else []) + configured)
+        self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
 
     async def reset(self, task: Task, group_index: int) -> Episode:
         return await asyncio.to_thread(Tau2Episode, self, task)
@@ -163,22 +160,13 @@ class Tau2Episode(Episode):
         self.messages: list = list(initial.message_history or []) if initial else []
         if initial:
             self.domain.set_state(initial.initialization_data, initial.initialization_actions, self.messages)
-        self.user_tools = {t.name for t in self.domain.get_user_tools()} if env.solo and self.domain.user_tools else set()
-        self.domain_tools = {t.name for t in self.domain.get_tools()} | self.user_tools
-        schemas = [t.openai_schema for t in self.domain.get_tools()]
-        if env.solo:
-            schemas += [t.openai_schema for t in self.domain.get_user_tools()] if self.user_tools else []
-            schemas.append(DONE_SCHEMA)
-        self.tool_schemas = schemas + env.configured
-        self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
-        self.system_prompt = env.system_prompt
+        self.system_prompt, self.tool_schemas = env.system_prompt, env.tool_schemas
         self.opening = opening_of(self.task, env.source.user)
-        self.user = None if env.solo else make_user(self.task, env.source.user)
+        self.user = None if env.solo else ScriptedUser(self.task)
         if not env.solo:
             self.messages.append(UserMessage(role="user", content=self.opening))
         self.termination: str | None = None
         self.transferred = False
-        self.user_cost: dict[str, float] = {}
         self.start = time.time()
 
     def _domain_calls(self, calls: list[tuple[Any, ToolCall]]) -> list:
@@ -186,8 +174,9 @@ class Tau2Episode(Episode):
         return [self.domain.get_response(tau2_call) for tau2_call, _ in calls]
 
     async def _configured_call(self, call: ToolCall) -> ToolResult:
-        if call.name not in self.known_tools:
-            return ToolResult(text=f"Error: unknown tool {call.name!r}; known tools: {', '.join(sorted(self.known_tools))}",
+        known = self.env.known_tools
+        if call.name not in known:
+            return ToolResult(text=f"Error: unknown tool {call.name!r}; known tools: {', '.join(sorted(known))}",
                               error=f"unknown tool {call.name!r}")
         return await self.env.call_tool(call.name, call.arguments, self.opening)
 
@@ -199,9 +188,9 @@ class Tau2Episode(Episode):
             self.messages.append(AssistantMessage(role="assistant", content=STOP))
             return self._end("agent_stop")
         domain = [(Tau2Call(id=f"call_{turn_index}_{i}", name=c.name, arguments=c.arguments,
-                            requestor="user" if c.name in self.user_tools else "assistant"), c)
-                  for i, c in enumerate(calls) if c.name in self.domain_tools]
-        others = [c for c in calls if c.name not in self.domain_tools]
+                            requestor="user" if c.name in self.env.user_tools else "assistant"), c)
+                  for i, c in enumerate(calls) if c.name in self.env.domain_tools]
+        others = [c for c in calls if c.name not in self.env.domain_tools]
         start = time.perf_counter()
         if domain:
             self.messages.append(AssistantMessage(role="assistant", content=message or None,
@@ -222,9 +211,7 @@ class Tau2Episode(Episode):
         self.messages.append(AssistantMessage(role="assistant", content=message or "(empty message)"))
         if STOP in message or self.env.solo:  # solo: a message nobody reads ends the episode (tau2: agent error)
             return self._end("agent_stop" if STOP in message else "agent_error")
-        reply, cost = await self.user.reply(self.messages, self.transferred)
-        for k, v in cost.items():
-            self.user_cost[k] = self.user_cost.get(k, 0.0) + v
+        reply = self.user.reply(self.transferred)
         self.messages.append(UserMessage(role="user", content=reply))
         if STOP in reply or TRANSFER in reply or "###OUT-OF-SCOPE###" in reply:
             return self._end("user_stop")
@@ -238,7 +225,7 @@ class Tau2Episode(Episode):
         """tau2's evaluator on this episode's messages. An episode the loop cut off (max_turns, token_budget) is
         tau2's max_steps: graded 0, as tau2 grades it."""
         info = {"domain": self.env.source.domain, "termination": self.termination or "max_steps",
-                "db_hash": self.domain.get_db_hash(), **{f"user_{k}": v for k, v in self.user_cost.items()}}
+                "db_hash": self.domain.get_db_hash()}
         try:
             reward_info = await asyncio.to_thread(self._evaluate, info["termination"])
         except Exception as e:  # noqa: BLE001 - tau2's env assertions raise on state the episode never created

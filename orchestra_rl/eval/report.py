@@ -1,8 +1,11 @@
-"""Summaries of a set of trajectories: accuracy, dollar cost, latency, tool-call mix and errors, per family."""
+"""Summaries of a set of trajectories: accuracy, pass^k, dollar cost, latency, tool-call mix and errors, per
+family (a τ²-Bench source is a family of its own)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection
+from math import comb
 from statistics import fmean
 from typing import Any
 
@@ -10,14 +13,57 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestra_rl.metrics import trajectory_stats
-from orchestra_rl.reward.outcome import solved
+from orchestra_rl.reward.outcome import outcome_score, solved
 from orchestra_rl.types import Task, Trajectory
+
+
+def pass_hat_k(trials: list[tuple[int, int]], k: int) -> float:
+    """τ²-Bench's pass^k over tasks given as (trials n, successes c): the chance that k of a task's n trials, drawn
+    without replacement, all succeed — C(c, k) / C(n, k) — averaged over the tasks. pass^1 is the accuracy; a
+    higher k rewards reliability over luck."""
+    if not trials or any(n < k for n, _ in trials):
+        raise ValueError(f"pass^{k} needs at least {k} trials of every task")
+    return fmean(comb(c, k) / comb(n, k) for n, c in trials)
+
+
+def _trials(trajectories: list[Trajectory], tasks: dict[str, Task]) -> list[tuple[int, int]]:
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for t in trajectories:
+        by_task[t.task_id].append(solved(t, tasks[t.task_id]))
+    return [(len(v), sum(v)) for v in by_task.values()]
 
 
 def _summary(trajectories: list[Trajectory], tasks: dict[str, Task],
              tool_names: Collection[str] | None) -> dict[str, Any]:
     accuracy = fmean(solved(t, tasks[t.task_id]) for t in trajectories)
-    return {"accuracy": accuracy, **trajectory_stats(trajectories, tool_names)}
+    trials = _trials(trajectories, tasks)
+    # pass^k for every k all tasks were tried that often (k = 1 .. the group size of an eval)
+    pass_hat = {f"pass^{k}": pass_hat_k(trials, k) for k in range(1, min(n for n, _ in trials) + 1)}
+    return {"accuracy": accuracy, "tasks": len(trials), **pass_hat, **trajectory_stats(trajectories, tool_names)}
+
+
+def task_results(trajectories: list[Trajectory], tasks: list[Task]) -> list[dict[str, Any]]:
+    """One record per task over its trials: successes, the grade of each trial (the environment's, or the answer
+    rules'), how each ended, mean $ cost and latency. What an eval writes as tasks.json."""
+    by_id = {t.task_id: t for t in tasks}
+    trials: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        trials[t.task_id].append(t)
+    records = []
+    for task_id, group in trials.items():
+        task = by_id[task_id]
+        group.sort(key=lambda t: t.group_index)
+        records.append({
+            "task_id": task_id, "env": task.env, "family": task.family, "trials": len(group),
+            "successes": sum(solved(t, task) for t in group),
+            "outcomes": [outcome_score(t, task) for t in group],
+            "stop_reasons": [t.stop_reason for t in group],
+            "terminations": [t.env_info.get("termination") for t in group],  # an environment's own (τ²: user_stop...)
+            "errors": [t.error for t in group if t.error],
+            "cost_usd": fmean(t.cost_usd for t in group), "latency_s": fmean(t.latency_s for t in group),
+            "turns": fmean(len(t.turns) for t in group),
+        })
+    return records
 
 
 def summarize(trajectories: list[Trajectory], tasks: list[Task],
@@ -39,15 +85,18 @@ def _mix(mix: dict[str, float]) -> str:
 
 
 def print_summary(summary: dict[str, Any], title: str, console: Console | None = None) -> None:
+    """One row per family and one for all: trajectories, accuracy, pass^2 .. pass^k where every task had k trials
+    (the accuracy is pass^1), $ cost and latency per trajectory, turns, tool mix, errors."""
     table = Table(title=title)
-    for col in ("family", "n", "accuracy", "$ cost", "latency s", "turns", "tool calls / trajectory",
+    rows = list(summary["families"].items()) + [("all", summary["overall"])]
+    ks = [key for key in summary["overall"] if key.startswith("pass^") and key != "pass^1"]
+    for col in ("family", "n", "accuracy", *ks, "$ cost", "latency s", "turns", "tool calls / trajectory",
                 "parse err", "tool err"):
         table.add_column(col, justify="left" if col in ("family", "tool calls / trajectory") else "right")
-    rows = list(summary["families"].items()) + [("all", summary["overall"])]
     for name, s in rows:
-        table.add_row(name, str(s["trajectories"]), f"{s['accuracy']:.3f}", f"{s['cost_usd']:.6f}",
-                      f"{s['latency_s']:.2f}", f"{s['turns']:.1f}", _mix(s["tool_calls_per_trajectory"]),
-                      str(s["parse_errors"]), str(s["tool_errors"]))
+        table.add_row(name, str(s["trajectories"]), f"{s['accuracy']:.3f}", *(f"{s[k]:.3f}" for k in ks),
+                      f"{s['cost_usd']:.6f}", f"{s['latency_s']:.2f}", f"{s['turns']:.1f}",
+                      _mix(s["tool_calls_per_trajectory"]), str(s["parse_errors"]), str(s["tool_errors"]))
     (console or Console(width=160)).print(table)
 
 

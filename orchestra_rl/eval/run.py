@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from orchestra_rl.config import Config, as_plain
 from orchestra_rl.data.sampler import interleave_families
-from orchestra_rl.eval.report import print_summary, summarize
+from orchestra_rl.eval.report import print_summary, summarize, task_results
 from orchestra_rl.reward.outcome import solved
 from orchestra_rl.system import System
 from orchestra_rl.types import Trajectory
@@ -19,8 +19,8 @@ from orchestra_rl.types import Trajectory
 
 def evaluate(system: System, split: str, max_tasks: int, group_size: int,
              desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
-    """Roll out the split's tasks with the system's current policy; returns (summary, trajectories). With
-    `max_tasks`, a subset in which every family is represented."""
+    """Roll out the split's tasks, `group_size` trials each, with the system's current policy; returns (summary,
+    trajectories). With `max_tasks`, a subset in which every family is represented."""
     tasks = system.tasks(split)
     if max_tasks:
         tasks = interleave_families(tasks)[:max_tasks]
@@ -42,12 +42,14 @@ def run_eval(cfg: Config) -> dict[str, Any]:
     with System(cfg) as system:
         summary, trajectories = evaluate(system, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size)
         model_path = system.model_path
+        per_task = task_results(trajectories, system.tasks(cfg.eval.split))
     wall = time.perf_counter() - start
     out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model_path": model_path, "split": cfg.eval.split, "wall_time_s": wall, **summary,
               "config": as_plain(cfg)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "tasks.json").write_text(json.dumps(per_task, indent=2))
     with open(out_dir / "trajectories.jsonl", "w") as f:
         for t in trajectories:
             f.write(json.dumps(t.to_dict()) + "\n")

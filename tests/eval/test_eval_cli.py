@@ -48,3 +48,10 @@ def test_eval_writes_a_consistent_report(cache_dir, tmp_path):
     assert sum(report["overall"]["tool_calls_per_trajectory"].values()) == pytest.approx(len(calls) / 8)
     assert report["overall"]["tool_errors"] == sum(1 for c in calls if c["result"]["error"])
     assert report["overall"]["parse_errors"] == 0  # constrained decoding: every turn is a well-formed call
+
+    # Per task: two trials each, their successes behind pass^1 and pass^2.
+    per_task = json.loads((run_dir / "tasks.json").read_text())
+    assert sorted(r["task_id"] for r in per_task) == sorted({t["task_id"] for t in trajectories})
+    assert all(r["trials"] == 2 for r in per_task)
+    assert report["overall"]["pass^1"] == pytest.approx(fmean(r["successes"] / 2 for r in per_task))
+    assert report["overall"]["pass^2"] == pytest.approx(fmean(r["successes"] == 2 for r in per_task))

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from orchestra_rl.cli import main
 from orchestra_rl.config import RewardConfig
-from orchestra_rl.eval.report import load_train_reports, print_runs, summarize
+from orchestra_rl.eval.report import load_train_reports, pass_hat_k, print_runs, print_summary, summarize, task_results
 from orchestra_rl.reward.actor import RewardActor
 from tests.helpers import make_task, make_trajectory
 
@@ -31,6 +31,49 @@ async def test_accuracy_counts_exactly_what_the_reward_outcome_accepts():
     for family in ("arithmetic", "multihop", "lookup", "trivia"):
         of_family = [o for o, (_, _, f) in zip(outcomes, cases) if f == family]
         assert summary["families"][family]["accuracy"] == pytest.approx(sum(of_family) / len(of_family))
+
+
+def test_pass_hat_k_is_the_chance_that_k_trials_all_succeed():
+    # Task a: 4 of 4 trials solved; b: 2 of 4; c: none. pass^2 of b = C(2,2)/C(4,2) = 1/6.
+    trials = [(4, 4), (4, 2), (4, 0)]
+    assert pass_hat_k(trials, 1) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert pass_hat_k(trials, 2) == pytest.approx((1 + 1 / 6 + 0) / 3)
+    assert pass_hat_k(trials, 4) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="pass\\^5 needs at least 5 trials"):
+        pass_hat_k(trials, 5)
+
+
+def test_an_eval_with_trials_reports_pass_hat_k_per_family_and_per_task():
+    # Env-graded trials (a τ²-style source): the grade is the environment's, whatever the final answer.
+    tasks = [make_task("r/1", "", "tau2_retail", env="tau2_retail"), make_task("r/2", "", "tau2_retail",
+                                                                               env="tau2_retail"),
+             make_task("q", "7", "arithmetic")]
+    trajectories = []
+    for task_id, grades in (("r/1", [1.0, 1.0, 0.0]), ("r/2", [0.0, 0.0, 0.0])):
+        for g, grade in enumerate(grades):
+            t = make_trajectory(task_id, None, calls=(("get_order", 0.0, 0.5),), policy_cost=0.01, group_index=g,
+                                family="tau2_retail")
+            t.env_outcome, t.env_info, t.stop_reason = grade, {"termination": "user_stop"}, "done"
+            trajectories.append(t)
+    trajectories += [make_trajectory("q", "7", group_index=g) for g in range(3)]
+
+    summary = summarize(trajectories, tasks)
+    retail = summary["families"]["tau2_retail"]
+    assert retail["tasks"] == 2 and retail["trajectories"] == 6
+    assert retail["pass^1"] == pytest.approx(retail["accuracy"]) == pytest.approx((2 / 3 + 0) / 2)
+    assert retail["pass^2"] == pytest.approx((1 / 3 + 0) / 2) and retail["pass^3"] == 0.0
+    assert summary["overall"]["pass^3"] == pytest.approx(1 / 3)  # only q solved all three
+    console = Console(width=200, record=True)
+    print_summary(summary, "eval", console=console)
+    assert "pass^3" in console.export_text()
+
+    records = {r["task_id"]: r for r in task_results(trajectories, tasks)}
+    assert records["r/1"] | {"cost_usd": None} == {
+        "task_id": "r/1", "env": "tau2_retail", "family": "tau2_retail", "trials": 3, "successes": 2,
+        "outcomes": [1.0, 1.0, 0.0], "stop_reasons": ["done"] * 3, "terminations": ["user_stop"] * 3,
+        "errors": [], "cost_usd": None, "latency_s": 0.5, "turns": 1.0}
+    assert records["r/1"]["cost_usd"] == pytest.approx(0.01)
+    assert records["q"]["successes"] == 3 and records["q"]["terminations"] == [None] * 3
 
 
 def summary(accuracy: float, cost: float, mix: dict[str, float]) -> dict:

@@ -26,7 +26,7 @@ import ray
 
 from orchestra_rl.config import Config
 from orchestra_rl.data.world import build_world
-from orchestra_rl.envs.sources import load_tasks
+from orchestra_rl.envs.sources import environment_tool_names, load_tasks
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.models.tiny import resolve_model_path
 from orchestra_rl.reward.actor import make_reward_actor
@@ -105,7 +105,9 @@ class System:
         for executor in self.executors:
             self._stop.callback(ray.kill, executor)
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
-        self.tool_names: list[str] = [s["function"]["name"] for s in self.tool_schemas]
+        configured = [s["function"]["name"] for s in self.tool_schemas]
+        # Every name a policy may call here (the configured tools and the environments' own), for summaries.
+        self.tool_names: list[str] = configured + [n for n in environment_tool_names(cfg) if n not in configured]
         self.reward = make_reward_actor(cfg, self.tool_context)
         self._stop.callback(ray.kill, self.reward)
         if rollout:

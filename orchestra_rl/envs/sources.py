@@ -1,6 +1,7 @@
 """Where tasks come from and which environment runs them: the `env` config, by name (docs/environments.md).
 
     load_tasks(cfg, world_dir, split)     the tasks of every configured source, each tagged with its source
+    environment_tool_names(cfg)           the tools the environments add (a τ²-Bench domain's)
     make_environment(cfg, call_tool, …)   one Environment that runs each task in its source's environment
 
 Several sources mix in one run (the QA world of `data` and τ²-Bench retail, say); with none configured, the QA
@@ -30,6 +31,18 @@ def load_tasks(cfg: Config, world_dir: str | Path, split: str) -> list[Task]:
 
             tasks += load_tau2_tasks(name, source, split)
     return tasks
+
+
+def environment_tool_names(cfg: Config) -> list[str]:
+    """The tool names the configured environments add to the configured tools (a τ²-Bench domain's), so that
+    summaries count their calls by name."""
+    names: list[str] = []
+    for source in env_sources(cfg).values():
+        if source.kind == "tau2":
+            from orchestra_rl.envs.tau2 import domain_spec
+
+            names += [n for n in domain_spec(source).tool_names if n not in names]
+    return names
 
 
 class EnvironmentMix(Environment):

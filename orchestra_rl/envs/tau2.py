@@ -22,6 +22,7 @@ import asyncio
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from orchestra_rl.config import EnvSourceConfig, UserConfig
@@ -120,6 +121,31 @@ def _task_model(task: Task):
     return Tau2Task.model_validate(task.metadata["tau2_task"])
 
 
+@dataclass(frozen=True)
+class DomainSpec:
+    """What every episode of a domain shares: its tools (the domain's, and in solo mode the user's and `done`) and
+    its policy text."""
+
+    tool_schemas: list[dict]
+    user_tools: frozenset[str]  # solo: the policy also acts for the user
+    policy: str
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [s["function"]["name"] for s in self.tool_schemas]
+
+
+def domain_spec(source: EnvSourceConfig) -> DomainSpec:
+    _tau2()
+    from tau2.registry import registry
+
+    solo = source.user.kind == "solo"
+    probe = registry.get_env_constructor(source.domain)(solo_mode=solo)
+    user_tools = probe.get_user_tools() if solo and probe.user_tools else []
+    schemas = [t.openai_schema for t in [*probe.get_tools(), *user_tools]] + ([DONE_SCHEMA] if solo else [])
+    return DomainSpec(schemas, frozenset(t.name for t in user_tools), probe.get_policy())
+
+
 class Tau2Environment(Environment):
     """The episodes of one τ²-Bench source. `call_tool` runs the configured tools (executors); `tool_schemas` are
     theirs, offered next to the domain's except the final-answer tools (a τ² episode ends by conversation)."""
@@ -132,18 +158,16 @@ class Tau2Environment(Environment):
         self.name, self.source, self.call_tool = name, source, call_tool
         self.make_env = registry.get_env_constructor(source.domain)
         self.solo = source.user.kind == "solo"
-        probe = self.make_env(solo_mode=self.solo)  # the domain's tools and policy, the same for every episode
-        user_tools = probe.get_user_tools() if self.solo and probe.user_tools else []
-        self.user_tools = {t.name for t in user_tools}  # solo: the policy also acts for the user
-        self.domain_tools = {t.name for t in probe.get_tools()} | self.user_tools
+        spec = domain_spec(source)
+        self.user_tools = spec.user_tools
+        self.domain_tools = set(spec.tool_names) - ({DONE_TOOL} if self.solo else set())
         configured = [s for s in tool_schemas if s["function"]["name"] not in final_tools]
-        clash = sorted(self.domain_tools & {s["function"]["name"] for s in configured})
+        clash = sorted(set(spec.tool_names) & {s["function"]["name"] for s in configured})
         if clash:
             raise ValueError(f"env.{name}: configured tool(s) {', '.join(clash)} have the name of a τ²-Bench "
                              f"{source.domain} tool; rename or disable them")
-        self.system_prompt = f"{source.system_prompt}\n\n<policy>\n{probe.get_policy()}\n</policy>"
-        self.tool_schemas = ([t.openai_schema for t in [*probe.get_tools(), *user_tools]]
-                             + ([DONE_SCHEMA] if self.solo else []) + configured)
+        self.system_prompt = f"{source.system_prompt}\n\n<policy>\n{spec.policy}\n</policy>"
+        self.tool_schemas = spec.tool_schemas + configured
         self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
 
     async def reset(self, task: Task, group_index: int) -> Episode:

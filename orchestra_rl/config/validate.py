@@ -135,3 +135,8 @@ def _validate_env(cfg: Config) -> None:
                f"unknown τ²-Bench domain {e.domain!r}; known: {', '.join(TAU2_DOMAINS)}")
         u = e.user
         _check(u.kind in USER_KINDS, f"{key}.user.kind", f"unknown kind {u.kind!r}; known: {', '.join(USER_KINDS)}")
+        if u.kind == "llm":
+            _check(bool(u.model), f"{key}.user.model", "an LLM user needs a model name")
+            _check(u.base_url.startswith(("http://", "https://")), f"{key}.user.base_url",
+                   f"an LLM user needs an OpenAI-compatible endpoint URL, got {u.base_url!r}")
+            _check(u.timeout_s > 0 and u.max_retries >= 0, f"{key}.user", "needs timeout_s > 0 and max_retries >= 0")

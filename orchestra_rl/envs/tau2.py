@@ -7,8 +7,9 @@ is ours is the adapter: the domain's tools are offered next to the configured on
 expert; those calls stay out of tau2's transcript, which holds only what the domain saw), its policy text goes into
 the system prompt, and the user is one of (config `user.kind`):
 
-  scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator (which is not
-            wired in yet)
+  scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator
+  llm       LLMUser: tau2's own UserSimulator (its simulation guidelines, the task's scenario, the user's tools
+            where the domain has some) over any OpenAI-compatible endpoint; its cost is tracked, not charged
   solo      no user: tau2's solo mode (the task's ticket is the opening; the policy ends with the `done` tool)
 
 An episode ends when the policy writes ###STOP###, the user stops (###STOP###, ###TRANSFER###), or the loop's
@@ -28,6 +29,7 @@ from typing import Any
 from orchestra_rl.config import EnvSourceConfig, UserConfig
 from orchestra_rl.envs.base import Environment, Episode, Grade, Observation
 from orchestra_rl.envs.qa import CallTool
+from orchestra_rl.tools.base import Pricing
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 
 STOP, TRANSFER = "###STOP###", "###TRANSFER###"  # tau2's end-of-conversation tokens (tau2.user.base)
@@ -36,6 +38,7 @@ DONE_SCHEMA = {"type": "function", "function": {
     "name": DONE_TOOL, "description": "Call this function when you are done with the task.",
     "parameters": {"type": "object", "properties": {}, "required": []}}}
 TRANSFER_TOOL = "transfer_to_human_agents"
+GREETING = "Hi! How can I help you today?"  # the agent's first message to an LLM user (tau2's orchestrator)
 
 
 def _tau2():
@@ -99,11 +102,58 @@ class ScriptedUser:
             later = [" ".join(p.strip() for p in (instructions.task_instructions, instructions.unknown_info) if p)]
         self.script = [s for s in later if s]
 
-    def reply(self, transferred: bool) -> str:
-        """The user's next message after the agent's message."""
-        if transferred:
-            return TRANSFER
-        return self.script.pop(0) if self.script else f"Thank you, that is all. {STOP}"
+    def reply(self, message, transcript: list, transferred: bool) -> tuple[str, bool]:
+        """The user's next words after the agent's `message` (appended to the `transcript`); whether they end the
+        conversation."""
+        from tau2.data_model.message import UserMessage
+
+        said = TRANSFER if transferred else (self.script.pop(0) if self.script else f"Thank you, that is all. {STOP}")
+        transcript.append(UserMessage(role="user", content=said))
+        return said, STOP in said or TRANSFER in said
+
+
+class LLMUser:
+    """tau2's LLM user simulator: `UserSimulator` with its guidelines and the task's scenario, calling the
+    configured endpoint through litellm (as tau2 does) as an OpenAI-compatible model. Where the domain gives the
+    user tools (telecom), the simulator's calls run against this episode's environment and their results go back
+    to it, as in tau2's orchestrator. Blocking: called in a thread. Its token use and cost (at the configured
+    prices) are tracked, never charged to the orchestrator."""
+
+    def __init__(self, task, cfg: UserConfig, api_key: str, domain, history: list):
+        from tau2.user.base import is_valid_user_history_message
+        from tau2.user.user_simulator import UserSimulator
+
+        self.domain = domain
+        self.pricing = Pricing(cfg.price_in_per_mtok, cfg.price_out_per_mtok)
+        tools = domain.get_user_tools() if domain.user_tools else None
+        self.sim = UserSimulator(tools=tools, instructions=str(task.user_scenario), llm=f"openai/{cfg.model}",
+                                 llm_args={"api_base": cfg.base_url, "api_key": api_key,
+                                           "temperature": cfg.temperature, "timeout": cfg.timeout_s,
+                                           "num_retries": cfg.max_retries})
+        self.state = self.sim.get_init_state([m for m in history if is_valid_user_history_message(m)])
+        self.usage = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
+
+    def reply(self, message, transcript: list, transferred: bool) -> tuple[str, bool]:
+        """The user's next words after the agent's `message` (and any tool calls of their own, appended to the
+        `transcript` with their results); whether they end the conversation. A transfer to a human agent is in
+        the conversation the simulator reads (tau2's guidelines say how to answer it)."""
+        from tau2.data_model.message import MultiToolMessage
+
+        while True:
+            said, self.state = self.sim.generate_next_message(message, self.state)
+            usage = said.usage or {}
+            tokens_in, tokens_out = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            self.usage["calls"] += 1
+            self.usage["tokens_in"] += tokens_in
+            self.usage["tokens_out"] += tokens_out
+            self.usage["cost_usd"] += self.pricing.cost(tokens_in, tokens_out)
+            transcript.append(said)
+            if not said.is_tool_call():
+                return said.content or "", self.sim.is_stop(said)
+            results = [self.domain.get_response(call) for call in said.tool_calls]
+            self.domain.sync_tools()
+            transcript.extend(results)
+            message = results[0] if len(results) == 1 else MultiToolMessage(role="tool", tool_messages=results)
 
 
 def golden_turns(task: Task) -> list[str]:
@@ -156,6 +206,10 @@ class Tau2Environment(Environment):
         from tau2.registry import registry
 
         self.name, self.source, self.call_tool = name, source, call_tool
+        user = source.user
+        self.user_api_key = os.environ.get(user.api_key_env, "") if user.api_key_env else "EMPTY"  # a local server
+        if user.kind == "llm" and not self.user_api_key:
+            raise ValueError(f"env.{name}.user.api_key_env: the environment variable {user.api_key_env} is not set")
         self.make_env = registry.get_env_constructor(source.domain)
         self.solo = source.user.kind == "solo"
         spec = domain_spec(source)
@@ -176,7 +230,7 @@ class Tau2Environment(Environment):
 
 class Tau2Episode(Episode):
     def __init__(self, env: Tau2Environment, task: Task):
-        from tau2.data_model.message import UserMessage
+        from tau2.data_model.message import AssistantMessage, UserMessage
 
         self.env, self.task = env, _task_model(task)
         self.domain = env.make_env(solo_mode=env.solo)  # this episode's own database
@@ -185,17 +239,33 @@ class Tau2Episode(Episode):
         if initial:
             self.domain.set_state(initial.initialization_data, initial.initialization_actions, self.messages)
         self.system_prompt, self.tool_schemas = env.system_prompt, env.tool_schemas
-        self.opening = opening_of(self.task, env.source.user)
-        self.user = None if env.solo else ScriptedUser(self.task)
-        if not env.solo:
-            self.messages.append(UserMessage(role="user", content=self.opening))
         self.termination: str | None = None
-        self.transferred = False
+        self.transferred = self.user_stopped = False
         self.start = time.time()
+        user = env.source.user
+        self.user: ScriptedUser | LLMUser | None = None
+        if user.kind == "llm":
+            # As in tau2's orchestrator, the agent greets and the simulator opens in reply (or it answers the
+            # agent's last message of a task's history).
+            self.user = LLMUser(self.task, user, env.user_api_key, self.domain, self.messages)
+            last = self.messages[-1] if self.messages else None
+            if not isinstance(last, AssistantMessage):
+                last = AssistantMessage(role="assistant", content=GREETING)
+                self.messages.append(last)
+            self.opening, self.user_stopped = self.user.reply(last, self.messages, False)
+        else:
+            self.opening = opening_of(self.task, user)
+            if not env.solo:
+                self.user = ScriptedUser(self.task)
+                self.messages.append(UserMessage(role="user", content=self.opening))
 
     def _domain_calls(self, calls: list[tuple[Any, ToolCall]]) -> list:
-        """Runs in a thread: the domain's tools, in order, against this episode's database."""
-        return [self.domain.get_response(tau2_call) for tau2_call, _ in calls]
+        """Runs in a thread: the domain's tools, in order, against this episode's database (then the user's
+        device state follows it, as tau2's orchestrator syncs after every step)."""
+        responses = [self.domain.get_response(tau2_call) for tau2_call, _ in calls]
+        if calls:
+            self.domain.sync_tools()
+        return responses
 
     async def _configured_call(self, call: ToolCall) -> ToolResult:
         known = self.env.known_tools
@@ -205,9 +275,11 @@ class Tau2Episode(Episode):
         return await self.env.call_tool(call.name, call.arguments, self.opening)
 
     async def step(self, turn_index: int, message: str, calls: list[ToolCall]) -> Observation:
-        from tau2.data_model.message import AssistantMessage, UserMessage
+        from tau2.data_model.message import AssistantMessage
         from tau2.data_model.message import ToolCall as Tau2Call
 
+        if self.user_stopped:  # the user ended the conversation in their opening
+            return self._end("user_stop")
         if self.env.solo and any(c.name == DONE_TOOL for c in calls):
             self.messages.append(AssistantMessage(role="assistant", content=STOP))
             return self._end("agent_stop")
@@ -232,12 +304,12 @@ class Tau2Episode(Episode):
         if calls:
             return Observation(records)
         # No call: a message to the user.
-        self.messages.append(AssistantMessage(role="assistant", content=message or "(empty message)"))
+        said = AssistantMessage(role="assistant", content=message or "(empty message)")
+        self.messages.append(said)
         if STOP in message or self.env.solo:  # solo: a message nobody reads ends the episode (tau2: agent error)
             return self._end("agent_stop" if STOP in message else "agent_error")
-        reply = self.user.reply(self.transferred)
-        self.messages.append(UserMessage(role="user", content=reply))
-        if STOP in reply or TRANSFER in reply or "###OUT-OF-SCOPE###" in reply:
+        reply, stop = await asyncio.to_thread(self.user.reply, said, self.messages, self.transferred)
+        if stop:
             return self._end("user_stop")
         return Observation(records, user_message=reply)
 
@@ -250,6 +322,8 @@ class Tau2Episode(Episode):
         tau2's max_steps: graded 0, as tau2 grades it."""
         info = {"domain": self.env.source.domain, "termination": self.termination or "max_steps",
                 "db_hash": self.domain.get_db_hash()}
+        if isinstance(self.user, LLMUser):
+            info["user"] = dict(self.user.usage)  # the simulator's calls, tokens and $ (not the orchestrator's)
         try:
             reward_info = await asyncio.to_thread(self._evaluate, info["termination"])
         except Exception as e:  # noqa: BLE001 - tau2's env assertions raise on state the episode never created

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from orchestra_rl.config import ConfigError, EnvSourceConfig, RolloutConfig, load_config
 from orchestra_rl.envs.sources import make_environment
-from orchestra_rl.envs.tau2 import STOP, golden_turns, load_tau2_tasks
+from orchestra_rl.envs.tau2 import GREETING, STOP, _task_model, golden_turns, load_tau2_tasks
 from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import ScriptedEngine
@@ -39,8 +39,9 @@ def setup(tiny_model_path):
     return cfg, tokenizer, env, tasks
 
 
-def run(setup, task, turns, group_index=0):
-    cfg, tokenizer, env, _ = setup
+def run(setup, task, turns, group_index=0, env=None):
+    cfg, tokenizer, default_env, _ = setup
+    env = env or default_env
     loop = AgentLoop(ScriptedEngine(tokenizer, turns), env, ChatFormat(tokenizer, "", []),
                      RolloutConfig(max_turns=64, max_tokens_per_turn=10**6, max_total_tokens=10**7), Pricing(0, 0))
     return loop.run(task, group_index)
@@ -134,3 +135,65 @@ def test_bad_domain_and_split_are_one_line_errors():
         load_config(["env=tau2_mock", "env.mock.domain=nope"])
     with pytest.raises(ValueError, match="env.mock.splits: τ²-Bench domain 'mock' has no split 'test'"):
         load_tau2_tasks("mock", EnvSourceConfig(kind="tau2", domain="mock"), "test")
+    with pytest.raises(ConfigError, match="env.retail.user.model: an LLM user needs a model name"):
+        load_config(["env=tau2_retail", "env.retail.user.kind=llm"])
+    with pytest.raises(ConfigError, match="env.retail.user.base_url: an LLM user needs an OpenAI-compatible"):
+        load_config(["env=tau2_retail", "env.retail.user.kind=llm", "env.retail.user.model=m"])
+
+
+def llm_user_env(base_url: str, *overrides: str):
+    cfg = load_config(["env=tau2_retail", "env.retail.user.kind=llm", "env.retail.user.model=user-sim",
+                       f"env.retail.user.base_url={base_url}", "env.retail.user.price_in_per_mtok=1",
+                       "env.retail.user.price_out_per_mtok=2", *overrides])
+
+    async def configured_tool(name, arguments, task):
+        raise AssertionError(f"no configured tool is called here, got {name}")
+
+    return make_environment(cfg, configured_tool, [])
+
+
+async def test_the_llm_user_is_tau2s_simulator_over_an_openai_compatible_endpoint(setup, openai_stub_server):
+    # The stub stands in for the paid user-simulator model: the user opens, answers the agent's question, and the
+    # agent then replays the golden actions and closes.
+    from tau2.user.user_simulator import get_global_user_sim_guidelines
+
+    stub = openai_stub_server
+    stub.script = ["Hi, I need help with my order.", "Yes, please go ahead."]
+    task = next(t for t in setup[3] if t.env == "retail")
+    tr = await run(setup, task, ["Can you confirm your details?", *golden_turns(task)],
+                   env=llm_user_env(stub.base_url))
+
+    assert tr.error is None and tr.env_outcome == 1.0 and tr.env_info["termination"] == "agent_stop"
+    assert stub.calls == 2 and all(r["model"] == "user-sim" for r in stub.requests)
+    # tau2's simulator: its guidelines and this task's scenario as the system prompt, the roles flipped (the
+    # agent speaks as "user" to the simulator), the agent's greeting first as in tau2's orchestrator.
+    first, second = stub.requests
+    system = first["messages"][0]
+    assert system["role"] == "system" and get_global_user_sim_guidelines() in system["content"]
+    assert _task_model(task).user_scenario.instructions.task_instructions in system["content"]
+    assert first["messages"][-1] == {"role": "user", "content": GREETING}
+    assert second["messages"][-2:] == [{"role": "assistant", "content": "Hi, I need help with my order."},
+                                       {"role": "user", "content": "Can you confirm your details?"}]
+    # The policy read what the simulator said.
+    tokenizer = setup[1]
+    context = tokenizer.decode([i for i, m in zip(tr.token_ids, tr.loss_mask) if m == 0])
+    assert "Hi, I need help with my order." in context and "Yes, please go ahead." in context
+    # Its cost is tracked at the configured prices and not charged to the orchestrator.
+    assert tr.env_info["user"] == {"calls": 2, "tokens_in": 2000, "tokens_out": 1000,
+                                   "cost_usd": pytest.approx(2 * (1000 * 1 + 500 * 2) / 1e6)}
+    assert tr.cost_usd == 0.0
+
+
+async def test_the_llm_user_ends_the_conversation_and_a_dead_endpoint_fails_the_trajectory(setup,
+                                                                                             openai_stub_server):
+    stub = openai_stub_server
+    stub.script = ["Hi, I need help with my order.", "Never mind, bye. ###STOP###"]
+    task = next(t for t in setup[3] if t.env == "retail")
+    tr = await run(setup, task, ["Can you confirm your details?", "Anything else?"], env=llm_user_env(stub.base_url))
+    assert tr.env_info["termination"] == "user_stop" and len(tr.turns) == 1 and tr.env_outcome == 0.0
+
+    with pytest.raises(ValueError, match="env.retail.user.api_key_env: the environment variable NO_SUCH_KEY_VAR is"):
+        llm_user_env(stub.base_url, "env.retail.user.api_key_env=NO_SUCH_KEY_VAR")
+    stub.always_status = 400  # the endpoint refuses: the trajectory fails alone, with the cause
+    tr = await run(setup, task, ["Hello?"], env=llm_user_env(stub.base_url, "env.retail.user.max_retries=0"))
+    assert tr.stop_reason == "error" and "400" in tr.error

@@ -294,6 +294,9 @@ class SFTConfig:
     enabled: bool = True
     num_demos: int = 512
     only_correct: bool = False  # keep only demonstrations whose final answer is right (see sft/demos.py)
+    # Each environment golden replay (τ²-Bench train tasks, sft/demos.environment_demos) enters the data this often:
+    # a domain has tens of tasks where the QA world gives hundreds of demonstrations.
+    env_demo_repeats: int = 1
     epochs: int = 8  # 3 taught the format but not yet the family-dependent tool choice (docs/benchmarks.md)
     lr: float = 3e-3
     batch_size: int = 4

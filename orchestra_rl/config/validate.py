@@ -118,6 +118,7 @@ def validate(cfg: Config) -> Config:
            f"must be online, offline or disabled, got {t.wandb_mode!r}")
     _check(cfg.sft.num_demos > 0 and cfg.sft.epochs > 0 and cfg.sft.num_workers > 0, "sft",
            "num_demos, epochs and num_workers must be > 0")
+    _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _validate_env(cfg)
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")

@@ -46,10 +46,11 @@ def _tau2():
     τ²-Bench source is configured, its logging silenced. litellm would fetch its price list from the internet
     at import (and wait on it offline); its local copy is enough, since we price nothing through it."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import tau2.registry  # noqa: F401  (registers the domains)
     from loguru import logger
 
-    logger.disable("tau2")
+    logger.disable("tau2")  # before the import: the registry logs its whole contents as it loads
+    import tau2.registry  # noqa: F401  (registers the domains)
+
     return tau2
 
 

@@ -8,18 +8,23 @@ Kept: demonstrations that end with an answer call (every scripted turn is a well
 wrong final answer is kept too (an expert's wrong answer, faithfully copied, is still the behaviour to
 imitate, and dropping it would tilt the tool mix toward accurate tools: routing is RL's job);
 `sft.only_correct=true` keeps only correct ones, filling the quota with further group indices.
+
+Environments with golden actions (τ²-Bench) demonstrate themselves: each train task's golden replay (its golden
+tool calls, one per turn, then the closing message; envs/tau2.golden_turns) through the same loop, with the
+environment's own tools and user, kept where the environment's grader gives it full marks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from orchestra_rl.config import Config
+from orchestra_rl.config import Config, env_sources
 from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.reward.outcome import is_correct
@@ -105,6 +110,42 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
     return kept
 
 
+def environment_demos(cfg: Config, system: System) -> tuple[list[Trajectory], dict[str, Any]]:
+    """The golden replays of the train tasks of every τ²-Bench source that its grader scores 1.0, and per source
+    how many were replayed and kept. A replay gets the turns it needs (max_turns at least its length); the token
+    budget stays the configured one, so no demonstration is longer than a rollout may be."""
+    from transformers import AutoTokenizer
+
+    from orchestra_rl.envs.sources import make_environment
+    from orchestra_rl.envs.tau2 import golden_turns
+    from orchestra_rl.rollout.engine import ScriptedEngine
+    from orchestra_rl.tools.base import Pricing
+    from orchestra_rl.tools.executor import ToolPool
+
+    sources = {name for name, s in env_sources(cfg).items() if s.kind == "tau2"}
+    tasks = [t for t in system.tasks("train") if t.env in sources]
+    if not tasks:
+        return [], {}
+    tokenizer = AutoTokenizer.from_pretrained(system.model_path)
+    chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, system.tool_schemas)
+    env = make_environment(cfg, ToolPool(system.executors).call, system.tool_schemas)
+    pricing = Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok)
+
+    async def replay(task: Task) -> Trajectory:
+        turns = golden_turns(task)
+        rollout = dataclasses.replace(cfg.rollout, max_turns=max(cfg.rollout.max_turns, len(turns)))
+        return await AgentLoop(ScriptedEngine(tokenizer, turns), env, chat, rollout, pricing).run(task, 0)
+
+    async def replay_all() -> list[Trajectory]:
+        return list(await asyncio.gather(*(replay(t) for t in tasks)))
+
+    replays = asyncio.run(replay_all())
+    kept = [tr for tr in replays if tr.stop_reason == "done" and tr.env_outcome == 1.0]
+    mix = {name: {"replayed": sum(t.env == name for t in tasks), "demos": sum(tr.family == name for tr in kept)}
+           for name in sorted(sources)}
+    return kept, mix
+
+
 def write_demos(demos: list[Trajectory], tasks: list[Task], answer_tool: str, path: str | Path) -> None:
     """One JSON row per demonstration: what SFT trains on (token_ids, loss_mask) and what it shows."""
     gold = {t.task_id: t.answer for t in tasks}
@@ -116,6 +157,14 @@ def write_demos(demos: list[Trajectory], tasks: list[Task], answer_tool: str, pa
                                 "strategy": strategy_of(tr, answer_tool), "final_answer": tr.final_answer,
                                 "correct": is_correct(tr.final_answer, gold[tr.task_id], tr.family),
                                 "token_ids": tr.token_ids, "loss_mask": tr.loss_mask}) + "\n")
+
+
+def write_environment_demos(demos: list[Trajectory], path: str | Path) -> None:
+    with open(path, "w") as f:
+        for tr in demos:
+            f.write(json.dumps({"task_id": tr.task_id, "env": tr.family, "env_outcome": tr.env_outcome,
+                                "turns": [t.text for t in tr.turns], "token_ids": tr.token_ids,
+                                "loss_mask": tr.loss_mask}) + "\n")
 
 
 def demo_mix(demos: list[Trajectory], tasks: list[Task], answer_tool: str) -> dict[str, Any]:

@@ -28,13 +28,15 @@ from typing import Any
 
 import ray
 
-from orchestra_rl.config import Config
+from orchestra_rl.config import Config, env_sources
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.models.tiny import resolve_model_path
-from orchestra_rl.sft.demos import demo_mix, generate_demos, tools_system
+from orchestra_rl.sft.demos import (demo_mix, environment_demos, generate_demos, tools_system,
+                                    write_environment_demos)
 
 CHECKPOINT_DIR = "checkpoint"  # under sft.output_dir: the HF model directory
 DEMOS_FILE = "demos.jsonl"
+ENV_DEMOS_FILE = "env_demos.jsonl"  # the environments' golden replays (sft/demos.environment_demos)
 METRICS_FILE = "metrics.jsonl"  # one row per epoch: epoch, loss (mean over the epoch's policy tokens), ...
 
 
@@ -44,15 +46,26 @@ def run_sft(cfg: Config) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(cfg.model)
     start = time.perf_counter()
+    demos: list = []
     with tools_system(cfg, model_path) as system:
-        demos = generate_demos(cfg, system, cfg.sft.num_demos, cfg.sft.only_correct, out_path=out_dir / DEMOS_FILE)
-        mix = demo_mix(demos, load_tasks(system.world_dir, "train"), _answer_tool(cfg))
-    print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
-    for family, m in mix.items():
-        strategies = ", ".join(f"{s} {n}" for s, n in m["strategies"].items())
-        print(f"  {family:<10} {m['demos']:>4} demos, {m['correct']:>4} correct | {strategies}")
-    (out_dir / "demos_mix.json").write_text(json.dumps(mix, indent=1) + "\n")
-    samples = [(d.token_ids, d.loss_mask) for d in demos]
+        if any(source.kind == "qa" for source in env_sources(cfg).values()):
+            demos = generate_demos(cfg, system, cfg.sft.num_demos, cfg.sft.only_correct,
+                                   out_path=out_dir / DEMOS_FILE)
+            mix = demo_mix(demos, load_tasks(system.world_dir, "train"), _answer_tool(cfg))
+            print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
+            for family, m in mix.items():
+                strategies = ", ".join(f"{s} {n}" for s, n in m["strategies"].items())
+                print(f"  {family:<10} {m['demos']:>4} demos, {m['correct']:>4} correct | {strategies}")
+            (out_dir / "demos_mix.json").write_text(json.dumps(mix, indent=1) + "\n")
+        replays, replay_mix = environment_demos(cfg, system)
+    if replay_mix:
+        write_environment_demos(replays, out_dir / ENV_DEMOS_FILE)
+        for name, m in replay_mix.items():
+            print(f"sft: {name}: {m['demos']} of {m['replayed']} golden replays kept (graded 1.0 by the environment), "
+                  f"x{cfg.sft.env_demo_repeats} -> {out_dir / ENV_DEMOS_FILE}")
+    samples = [(d.token_ids, d.loss_mask) for d in demos + replays * cfg.sft.env_demo_repeats]
+    if not samples:
+        raise ValueError("sft: no demonstrations (no QA source, and no environment golden replay scored 1.0)")
     return train_sft(cfg, model_path, samples, out_dir)
 
 

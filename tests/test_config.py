@@ -18,6 +18,8 @@ def test_default_config_is_valid():
     cfg = load_config()
     assert cfg.model.name == "tiny" and cfg.rollout.mode == "async"
     assert {"python", "search", "math_expert", "small_generalist", "large_generalist", "answer"} <= set(cfg.tools.tools)
+    # The default world: the QA world and the built-in function-call domain, mixed.
+    assert {n: s.kind for n, s in cfg.env.items()} == {"qa": "qa", "orders": "domain"}
 
 
 def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():

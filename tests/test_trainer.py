@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.data.sampler import TaskSampler
-from orchestra_rl.data.world import load_tasks
+from orchestra_rl.envs.sources import load_tasks
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -24,7 +24,7 @@ def train(cache_dir: str, run_dir, policy: str, *overrides: str) -> subprocess.C
     cmd = [sys.executable, "-m", "orchestra_rl.cli", "train", f"model.cache_dir={cache_dir}/models",
            f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", f"train.output_dir={run_dir}",
            f"model.path={policy}", "sft.enabled=false", f"train.tasks_per_step={TASKS_PER_STEP}",
-           "rollout.group_size=4", "train.eval_max_tasks=2", "train.save_every=1", "rollout.max_turns=3",
+           "rollout.group_size=4", "train.eval_max_tasks=5", "train.save_every=1", "rollout.max_turns=3",
            "train.wandb_mode=offline", f"serve.port={free_port()}", "serve.latency_scale=0.01",
            "learner.num_cpus_per_learner=0.5", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -41,7 +41,9 @@ def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_
     proc = train(cache_dir, run_dir, policy, "train.steps=2", "algo=grpo")
     assert "evaluation before → after training" in proc.stdout
     report = json.loads((run_dir / "train_report.json").read_text())
-    assert set(report["before"]["families"]) == set(report["after"]["families"])
+    # The default world: the QA families and the built-in function-call domain, each its own row.
+    assert set(report["before"]["families"]) == set(report["after"]["families"]) == {
+        "arithmetic", "lookup", "multihop", "hard", "orders"}
     logged = steps(run_dir)
     assert [s["step"] for s in logged] == [1, 2]
     for s in logged:
@@ -81,7 +83,7 @@ def _stream(cache_dir: str, n_steps: int):
     from orchestra_rl.data.world import build_world
 
     cfg = load_config([f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8"])
-    sampler = TaskSampler(load_tasks(build_world(cfg.data), "train"), cfg.seed)
+    sampler = TaskSampler(load_tasks(cfg, build_world(cfg.data), "train"), cfg.seed)
     return [sampler.next(TASKS_PER_STEP) for _ in range(n_steps)]
 
 

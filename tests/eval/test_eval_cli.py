@@ -16,7 +16,8 @@ from tests.helpers import free_port
 @pytest.mark.e2e
 def test_eval_writes_a_consistent_report(cache_dir, tmp_path):
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", f"model.cache_dir={cache_dir}/models",
+    # The QA world alone (env=qa): its report is checked against the world's gold answers.
+    cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", "env=qa", f"model.cache_dir={cache_dir}/models",
            f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", "eval.max_tasks=4", "eval.group_size=2",
            f"eval.output_dir={out}", f"serve.port={free_port()}", "serve.latency_scale=0.01", "rollout.max_turns=3",
            "rollout.constrained_tools=[python,search,math_expert,answer]"]

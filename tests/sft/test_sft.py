@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestra_rl.sft.train import DEMOS_FILE, METRICS_FILE, masked_nll_sum
+from orchestra_rl.sft.train import DEMOS_FILE, ENV_DEMOS_FILE, METRICS_FILE, masked_nll_sum
 from tests.conftest import SFT_EPOCHS
 
 
@@ -25,6 +25,9 @@ def test_sft_learns_the_tool_call_format(sft_run):
     out, checkpoint = Path(sft_run[0]), sft_run[1]
     assert checkpoint == str(out / "checkpoint")
     assert len((out / DEMOS_FILE).read_text().splitlines()) == 128
+    # The default world's function-call domain demonstrates itself: every train task's golden replay, graded 1.0.
+    replays = [json.loads(line) for line in (out / ENV_DEMOS_FILE).read_text().splitlines()]
+    assert len(replays) == 36 and all(r["env"] == "orders" and r["env_outcome"] == 1.0 for r in replays)
 
     history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, SFT_EPOCHS + 1))

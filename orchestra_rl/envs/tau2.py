@@ -248,11 +248,13 @@ class Tau2Episode(Episode):
         if user.kind == "llm":
             # As in tau2's orchestrator, the agent greets and the simulator opens in reply (or it answers the
             # agent's last message of a task's history).
-            self.user = LLMUser(self.task, user, env.user_api_key, self.domain, self.messages)
             last = self.messages[-1] if self.messages else None
-            if not isinstance(last, AssistantMessage):
-                last = AssistantMessage(role="assistant", content=GREETING)
+            if isinstance(last, AssistantMessage):
+                prior = self.messages[:-1]  # the simulator reads `last` as the message it answers
+            else:
+                prior, last = list(self.messages), AssistantMessage(role="assistant", content=GREETING)
                 self.messages.append(last)
+            self.user = LLMUser(self.task, user, env.user_api_key, self.domain, prior)
             self.opening, self.user_stopped = self.user.reply(last, self.messages, False)
         else:
             self.opening = opening_of(self.task, user)

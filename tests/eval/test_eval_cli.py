@@ -34,7 +34,8 @@ def test_eval_writes_a_consistent_report(cache_dir, tmp_path):
     # Four tasks, one of each family (the subset is stratified).
     assert set(report["families"]) == {"arithmetic", "lookup", "multihop", "hard"}
 
-    (world_dir,) = [p for p in world.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    # The QA world's folder (the session's cache also holds the generated orders domain).
+    (world_dir,) = [p for p in world.iterdir() if p.is_dir() and p.name.startswith("toolscale_mini-")]
     gold = {json.loads(line)["task_id"]: json.loads(line)["answer"]
             for line in (world_dir / "test.jsonl").read_text().splitlines()}
     assert report["overall"]["accuracy"] == pytest.approx(

@@ -21,7 +21,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestra_rl.types import Task, ToolCall, ToolCallRecord
+from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 
 
 @dataclass
@@ -70,3 +70,30 @@ class Environment(abc.ABC):
     @abc.abstractmethod
     async def reset(self, task: Task, group_index: int) -> Episode:
         """A fresh episode of `task`: every rollout of a group gets its own."""
+
+
+# Shared by the worlds that bring their own tools and policy (a domain folder, a τ²-Bench domain).
+
+def offered_tools(env_name: str, world: str, world_schemas: list[dict], configured: list[dict],
+                  final_tools: set[str]) -> list[dict]:
+    """The world's tools, then the configured ones except the final-answer tools (such an episode ends by
+    conversation): the policy may still ask an expert. A configured tool with a world tool's name is an error."""
+    kept = [s for s in configured if s["function"]["name"] not in final_tools]
+    clash = sorted({s["function"]["name"] for s in world_schemas} & {s["function"]["name"] for s in kept})
+    if clash:
+        raise ValueError(f"env.{env_name}: configured tool(s) {', '.join(clash)} have the name of a tool of "
+                         f"{world}; rename or disable them")
+    return world_schemas + kept
+
+
+def policy_prompt(instructions: str, policy: str) -> str:
+    return f"{instructions}\n\n<policy>\n{policy}\n</policy>"
+
+
+async def call_configured(call: ToolCall, known: set[str], call_tool: Any, task_text: str) -> ToolResult:
+    """A call that is not the world's own: a configured tool through the executors, or, for a name nobody
+    offered, an error result listing the known tools."""
+    if call.name not in known:
+        return ToolResult(f"Error: unknown tool {call.name!r}; known tools: {', '.join(sorted(known))}",
+                          error=f"unknown tool {call.name!r}")
+    return await call_tool(call.name, call.arguments, task_text)

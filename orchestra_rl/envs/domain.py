@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestra_rl.config import EnvSourceConfig
-from orchestra_rl.envs.base import Environment, Episode, Grade, Observation
+from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, call_configured, offered_tools,
+                                    policy_prompt)
 from orchestra_rl.envs.domain_files import Domain, DomainTask
 from orchestra_rl.envs.qa import CallTool
 from orchestra_rl.envs.users import STOP, ScriptedUser
@@ -94,13 +95,9 @@ class DomainEnvironment(Environment):
     def __init__(self, name: str, source: EnvSourceConfig, domain: Domain, call_tool: CallTool,
                  tool_schemas: list[dict], final_tools: set[str]):
         self.name, self.domain, self.call_tool = name, domain, call_tool
-        configured = [s for s in tool_schemas if s["function"]["name"] not in final_tools]
-        clash = sorted(set(domain.tools) & {s["function"]["name"] for s in configured})
-        if clash:
-            raise ValueError(f"env.{name}: configured tool(s) {', '.join(clash)} have the name of a tool of "
-                             f"domain {domain.name!r}; rename or disable them")
-        self.system_prompt = f"{source.system_prompt}\n\n<policy>\n{domain.policy}\n</policy>"
-        self.tool_schemas = list(domain.tools.values()) + configured
+        self.system_prompt = policy_prompt(source.system_prompt, domain.policy)
+        self.tool_schemas = offered_tools(name, f"domain {domain.name!r}", list(domain.tools.values()), tool_schemas,
+                                          final_tools)
         self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
         self.tasks = {t.id: t for t in domain.tasks}
 
@@ -133,11 +130,7 @@ class DomainEpisode(Episode):
 
     async def _call(self, call: ToolCall) -> ToolResult:
         if call.name not in self.env.domain.tools:
-            if call.name not in self.env.known_tools:
-                known = ", ".join(sorted(self.env.known_tools))
-                return ToolResult(f"Error: unknown tool {call.name!r}; known tools: {known}",
-                                  error=f"unknown tool {call.name!r}")
-            return await self.env.call_tool(call.name, call.arguments, self.opening)
+            return await call_configured(call, self.env.known_tools, self.env.call_tool, self.opening)
         try:  # microseconds of dict work: no thread needed
             text = run_tool(self.env.domain, self.db, call.name, call.arguments)
         except ToolError as e:

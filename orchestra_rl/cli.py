@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("-m", "--multirun", action="store_true", help="Hydra sweep: key=a,b,c runs each value")
         command.add_argument("overrides", nargs="*")
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["rollout"])
+    bench.add_argument("which", choices=["rollout", "sandbox"])
     bench.add_argument("overrides", nargs="*")
     data = sub.add_parser("data", help="the task world")
     data.add_argument("action", choices=["build", "strategies"])
@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         _config([o for o in args.overrides if "," not in o])  # a bad fixed override fails fast, in one line
         return _multirun(args.command, args.overrides)
     cfg = _config(args.overrides)
-    if args.command in ("train", "sft", "eval", "config", "bench"):
+    if args.command == "bench" and args.which == "sandbox":  # no Ray: the python tool alone
+        from orchestra_rl.bench.sandbox import run_sandbox_bench
+
+        run_sandbox_bench(cfg)
+    elif args.command in ("train", "sft", "eval", "config", "bench"):
         _run(args.command, cfg)
     elif args.command == "sandbox":
         from orchestra_rl.tools.sandbox import sandbox_main

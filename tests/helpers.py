@@ -26,12 +26,13 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-def require_sandbox() -> None:
-    """`require` the python tool's sandbox: bubblewrap, prlimit and writable cgroup v1 pids/memory/freezer."""
+def require_sandbox(mode: str = "auto") -> None:
+    """`require` the python tool's sandbox in `mode` (tools/sandbox.py: bubblewrap, prlimit, and writable cgroup
+    v1 controllers or user namespaces)."""
     from orchestra_rl.tools.sandbox import SandboxUnavailable, check_sandbox
 
     try:
-        check_sandbox()
+        check_sandbox(mode)
     except SandboxUnavailable as e:
         require(False, str(e))
 

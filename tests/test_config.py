@@ -69,6 +69,9 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
     ("learner.num_cpus_per_learner=0 learner.num_gpus_per_learner=0",
      "config error: learner.num_cpus_per_learner: is 0, as is learner.num_gpus_per_learner"),
     ("learner.weight_sync=pigeon", "config error: learner.weight_sync: must be file or collective, got 'pigeon'"),
+    ("tools.tools.python.sandbox=docker",
+     "config error: tools.tools.python.sandbox: unknown mode 'docker'; known: auto, cgroup1, userns"),
+    ("bench.sandbox_runs=0", "config error: bench.sandbox_runs: must be > 0"),
     ("learner.weight_sync=collective rollout.engine.tensor_parallel_size=2",
      "config error: learner.weight_sync: collective joins one process per engine"),
 ])

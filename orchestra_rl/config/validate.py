@@ -5,7 +5,7 @@ trusts it; only facts of the running machine (an environment variable, a folder 
 from __future__ import annotations
 
 from orchestra_rl.config.schema import (
-    ENV_KINDS, NL_ASSERTION_MODES, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, Config, EndpointConfig,
+    ENV_KINDS, NL_ASSERTION_MODES, SANDBOX_MODES, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, Config, EndpointConfig,
 )
 
 
@@ -71,6 +71,8 @@ def validate(cfg: Config) -> Config:
         if t.kind == "python":
             for p in ("cpu_time_s", "memory_mb", "max_processes", "max_file_mb", "max_output_bytes"):
                 _check(getattr(t, p) > 0, f"{key}.{p}", "must be > 0")
+            _check(t.sandbox in SANDBOX_MODES, f"{key}.sandbox",
+                   f"unknown mode {t.sandbox!r}; known: {', '.join(SANDBOX_MODES)}")
     d = cfg.data
     for fam in d.families:
         _check(fam in TASK_FAMILIES, "data.families", f"unknown family {fam!r}; known: {', '.join(TASK_FAMILIES)}")
@@ -122,6 +124,8 @@ def validate(cfg: Config) -> Config:
            "num_demos, epochs and num_workers must be > 0")
     _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _validate_env(cfg)
+    for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency"):
+        _check(getattr(cfg.bench, key) > 0, f"bench.{key}", "must be > 0")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
     return cfg

@@ -6,6 +6,7 @@ still set ("exit code N", or the limit that stopped it) so failed calls can be c
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from typing import Any
@@ -14,6 +15,8 @@ from orchestra_rl.config import ToolConfig
 from orchestra_rl.tools.base import Pricing, Tool, ToolContext
 from orchestra_rl.tools.sandbox import SandboxLimits, SandboxResult, check_sandbox, run_sandboxed_async
 from orchestra_rl.types import ToolResult
+
+logger = logging.getLogger(__name__)
 
 # What the policy is told when a limit stopped its program (formatted with the run's SandboxLimits).
 LIMIT_MESSAGES = {
@@ -65,7 +68,8 @@ class PythonTool(Tool):
 
 
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> PythonTool:
-    check_sandbox()  # fail at start, with the fix named, rather than on the first call
+    mode = check_sandbox(cfg.sandbox)  # fail at start, with the fix named, rather than on the first call
+    logger.info("python tool %s: sandbox mode %s", name, mode)
     return PythonTool(
         name=name,
         description=cfg.description,

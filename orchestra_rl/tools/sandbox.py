@@ -11,24 +11,36 @@ Isolation, per run:
   rather than RLIMIT_AS: it counts what a process writes to (heap, anonymous maps, thread stacks) but not
   address space merely reserved (glibc's 64 MiB malloc arenas, shared libraries), which under RLIMIT_AS
   stopped numpy's threads and hung `import torch`.
-- per-run cgroup v1 groups: `pids.max` bounds the process count and `memory.limit_in_bytes` the total memory.
-  Both are needed because everything runs as root here: RLIMIT_NPROC is counted per real uid (and the
-  sandbox's uid 65534 maps back to root, which the kernel exempts), while RLIMIT_DATA is per process only.
-  After every run the freezer group is frozen, every process in it SIGKILLed, and the groups removed:
-  removal fails while a single process is left, so a returned result means nothing was left behind.
+- the processes of a run are bounded, and all killed at its end, by one of two confinements, chosen at start-up
+  (`check_sandbox`; the python tool's `sandbox` field: auto | cgroup1 | userns):
+  cgroup1  root with writable cgroup v1 controllers: per-run pids, memory and freezer groups. `pids.max` bounds
+           the process count and `memory.limit_in_bytes` the total memory of the run (RLIMIT_NPROC would not:
+           the sandbox's uid maps back to root, which the kernel exempts). After every run the freezer group is
+           frozen, every process in it SIGKILLed, and the groups removed: removal fails while a single process
+           is left, so a returned result means nothing was left behind.
+  userns   no cgroup needed (cgroup v2 machines, non-root containers): RLIMIT_NPROC, set inside the sandbox's
+           user namespace, bounds its processes (the kernel counts them per user namespace, since Linux 5.14);
+           it applies only to a non-root uid, so a root caller first drops to uid 65534 (`setpriv`). At the end
+           bwrap's init, pid 1 of the run's pid namespace, is SIGKILLed through a pidfd: the kernel then kills
+           every process of the namespace and the init is reaped only once all are gone, which is awaited.
+           Memory is bounded per process (RLIMIT_DATA) and so in total by memory_mb x max_processes, not by
+           memory_mb: the one weaker guarantee of this mode.
 
-The launcher is `/bin/sh` moving itself into the cgroups and exec-ing prlimit -> bwrap, rather than a
-`preexec_fn`, which can deadlock when the calling process has threads (Ray actors do).
+The launcher (`/bin/sh` moving itself into the cgroups, `setpriv` dropping root) exec-ing prlimit -> bwrap,
+rather than a `preexec_fn`, which can deadlock when the calling process has threads (Ray actors do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
+import select
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -37,12 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestra_rl.config import ToolConfig
+from orchestra_rl.config.schema import SANDBOX_MODES
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_CONTROLLERS = ("pids", "memory", "freezer")
 CGROUP_PARENT = "orchestra_rl"
-SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace
+SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace (and the uid a root caller drops to in userns)
 LAUNCHER_PROCESSES = 2  # bwrap and its pid-1 reaper count against pids.max besides the program's own
+NAMESPACE_INIT = 1  # bwrap's pid-1 reaper runs as the sandbox's uid, so RLIMIT_NPROC counts it too
 READ_CHUNK = 65536
 # bwrap's own environment: /proc/1/environ inside the sandbox shows it, so it must carry nothing of the host.
 BWRAP_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
@@ -63,6 +77,7 @@ class SandboxLimits:
     max_processes: int  # processes and threads of the program at once
     max_file_mb: int  # size of any one file written
     max_output_bytes: int  # kept of stdout, and of stderr; more stops the program
+    mode: str = "auto"  # the confinement: auto | cgroup1 | userns (module docstring)
 
     @classmethod
     def from_tool_config(cls, cfg: ToolConfig) -> SandboxLimits:
@@ -73,6 +88,7 @@ class SandboxLimits:
             max_processes=cfg.max_processes,
             max_file_mb=cfg.max_file_mb,
             max_output_bytes=cfg.max_output_bytes,
+            mode=cfg.sandbox,
         )
 
 
@@ -86,6 +102,7 @@ class SandboxResult:
     # "process limit" | "file size limit" | "output truncated".
     killed_reason: str | None
     duration_s: float
+    mode: str  # the confinement it ran under: cgroup1 | userns
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,21 +115,67 @@ def _require(program: str, package: str) -> str:
     return path
 
 
-def check_sandbox() -> None:
-    """Raise SandboxUnavailable unless bwrap, prlimit and writable cgroup v1 controllers are all present."""
-    _require("bwrap", "bubblewrap")
-    _require("prlimit", "util-linux")
+def _cgroup1_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "cgroup1 needs root"
     for controller in CGROUP_CONTROLLERS:
         root = CGROUP_ROOT / controller
         if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
-            raise SandboxUnavailable(
-                f"the python sandbox needs a writable cgroup v1 '{controller}' controller at {root} (run as root "
-                "with cgroup v1 mounted); without it a fork bomb cannot be bounded or killed, so it will not run"
-            )
+            return f"cgroup1 needs a writable cgroup v1 '{controller}' controller at {root}"
+    return None
 
 
-class _RunCgroups:
+def _userns_problem() -> str | None:
+    """Why the userns confinement cannot run here, found by running a trivial program in it; None if it can.
+    Blocking, once per process (`_choose_mode` caches it)."""
+    limits = SandboxLimits(cpu_time_s=5, wall_timeout_s=20, memory_mb=256, max_processes=4, max_file_mb=1,
+                           max_output_bytes=1000, mode="userns")
+    try:
+        probe = subprocess.run(_command(limits, _NamespaceRun(limits), None), input=b"print(6 * 7)",
+                               capture_output=True, env=BWRAP_ENV, cwd="/", timeout=limits.wall_timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"userns could not run a trivial program: {e}"
+    if probe.returncode == 0 and probe.stdout == b"42\n":
+        return None
+    why = (probe.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+    if os.geteuid() == 0:
+        return (f"userns, as root, drops to uid {SANDBOX_UID}, and a trivial program failed there ({why}): the "
+                f"Python installation ({sys.base_prefix}) must be readable by that uid; or run as a non-root user")
+    return (f"userns failed on a trivial program ({why}): bwrap needs unprivileged user namespaces "
+            "(sysctl user.max_user_namespaces > 0, and kernel.unprivileged_userns_clone=1 where it exists)")
+
+
+def check_sandbox(requested: str = "auto") -> str:
+    """The confinement this process runs programs under: `requested`, or for auto cgroup1 where it is available,
+    else userns (chosen once per process). SandboxUnavailable, naming what to fix, when none can run."""
+    _require("bwrap", "bubblewrap")
+    _require("prlimit", "util-linux")
+    if requested not in SANDBOX_MODES:
+        raise SandboxUnavailable(f"unknown sandbox mode {requested!r}; known: {', '.join(SANDBOX_MODES)}")
+    return _choose_mode(requested)
+
+
+@functools.lru_cache(maxsize=None)
+def _choose_mode(requested: str) -> str:
+    problems = []
+    if requested in ("auto", "cgroup1"):
+        if (problem := _cgroup1_problem()) is None:
+            return "cgroup1"
+        problems.append(problem)
+    if requested in ("auto", "userns"):
+        if os.geteuid() == 0:
+            _require("setpriv", "util-linux")
+        if (problem := _userns_problem()) is None:
+            return "userns"
+        problems.append(problem)
+    raise SandboxUnavailable("the python sandbox cannot bound and kill what a program starts here, so it will not "
+                             "run: " + "; ".join(problems))
+
+
+class _Cgroup1Run:
     """This run's pids, memory and freezer groups, under <controller>/orchestra_rl/<uuid>."""
+
+    mode = "cgroup1"
 
     def __init__(self, limits: SandboxLimits):
         name = uuid.uuid4().hex
@@ -125,8 +188,18 @@ class _RunCgroups:
         if (memory / "memory.memsw.limit_in_bytes").exists():  # with swap accounting: no swapping past it
             (memory / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb * MiB))
 
-    def procs_files(self) -> list[str]:
-        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+    def outside(self) -> list[str]:
+        """Before prlimit and bwrap: join every group first, so that all they start is inside from its first
+        instruction."""
+        procs = [str(d / "cgroup.procs") for d in self.dirs.values()]
+        return ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"',
+                "sh", *procs, "--"]
+
+    def inside(self) -> list[str]:
+        return []
+
+    def started(self, info: dict[str, Any]) -> None:
+        pass
 
     def pids(self) -> list[int]:
         return [int(p) for p in (self.dirs["freezer"] / "cgroup.procs").read_text().split()]
@@ -138,6 +211,10 @@ class _RunCgroups:
             if name == key:
                 return int(value)
         return 0
+
+    def limit_counters(self) -> tuple[int, int]:
+        """(OOM kills, times the process limit was hit)."""
+        return self.counter("memory", "memory.oom_control", "oom_kill"), self.counter("pids", "pids.events", "max")
 
     def kill_all(self) -> None:
         """Freeze the group so nothing can fork, SIGKILL every member, thaw so the kills take effect."""
@@ -180,13 +257,69 @@ def _rmdir_when_empty(path: Path, deadline: float) -> None:
             time.sleep(0.01)
 
 
-def _command(limits: SandboxLimits, cgroups: _RunCgroups) -> list[str]:
+class _NamespaceRun:
+    """This run's bound (RLIMIT_NPROC inside its user namespace) and teardown (its pid namespace's init)."""
+
+    mode = "userns"
+
+    def __init__(self, limits: SandboxLimits):
+        self.limits = limits
+        self.init_pidfd: int | None = None
+
+    def outside(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        # RLIMIT_NPROC does not bind root: the run's processes get a uid of their own on the host.
+        return [_require("setpriv", "util-linux"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}",
+                "--clear-groups", "--"]
+
+    def inside(self) -> list[str]:
+        # Set inside the new user namespace, where the kernel counts only this run's processes against it (set
+        # before, it would also be the limit of the caller's uid on the host, which counts all its processes).
+        nproc = self.limits.max_processes + NAMESPACE_INIT
+        return [_require("prlimit", "util-linux"), f"--nproc={nproc}:{nproc}", "--"]
+
+    def started(self, info: dict[str, Any]) -> None:
+        """bwrap reported its init's pid: hold it by a pidfd, which no later process can reuse."""
+        try:
+            self.init_pidfd = os.pidfd_open(info["child-pid"])
+        except ProcessLookupError:  # the run is already over, and with it the namespace
+            self.init_pidfd = None
+
+    def limit_counters(self) -> tuple[int, int]:
+        # No counters without cgroups: a fork refused with EAGAIN here is the process limit, a MemoryError the data
+        # limit (both seen in the program's last stderr line).
+        return 0, 1
+
+    def kill_all(self) -> None:
+        if self.init_pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def destroy(self, timeout_s: float = 10.0) -> None:
+        """Kill the namespace's init and wait until it is gone: the kernel lets pid 1 of a pid namespace finish
+        exiting only once every other process in it has, so its end proves that nothing is left."""
+        if self.init_pidfd is None:
+            return
+        try:
+            self.kill_all()
+            poller = select.poll()
+            poller.register(self.init_pidfd, select.POLLIN)  # readable once the process has exited
+            if not poller.poll(timeout_s * 1000):
+                raise RuntimeError(f"the sandbox's pid namespace survived SIGKILL of its init ({timeout_s} s)")
+        finally:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
+
+def _command(limits: SandboxLimits, run: _Cgroup1Run | _NamespaceRun, info_fd: int | None) -> list[str]:
     python_dirs = sorted({sys.base_prefix, sys.prefix} - {"/usr"})
     cpu_s = max(1, math.ceil(limits.cpu_time_s))
     launcher = [
-        # Join every cgroup first, so bwrap and all it starts are inside them from their first instruction.
-        "/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"',
-        "sh", *cgroups.procs_files(), "--",
+        *run.outside(),
         _require("prlimit", "util-linux"),
         f"--cpu={cpu_s}:{cpu_s + 1}",  # SIGXCPU at the soft limit, SIGKILL one second later
         f"--data={limits.memory_mb * MiB}",
@@ -199,6 +332,7 @@ def _command(limits: SandboxLimits, cgroups: _RunCgroups) -> list[str]:
         # --unshare-all alone skips the user namespace where it cannot create one; --unshare-user insists.
         "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
         "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+        *(["--info-fd", str(info_fd)] if info_fd is not None else []),
         "--ro-bind", "/usr", "/usr",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
@@ -210,11 +344,25 @@ def _command(limits: SandboxLimits, cgroups: _RunCgroups) -> list[str]:
         "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp",
         "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
         "--",
+        *run.inside(),
         # -I: ignore PYTHON* variables and the user site; -u: a killed program still shows what it printed;
         # "-": the program comes on stdin (any length; argv is capped at 128 KiB per argument).
         sys.executable, "-I", "-u", "-",
     ]
     return launcher + bwrap
+
+
+async def _bwrap_info(read_fd: int) -> dict[str, Any]:
+    """What bwrap writes on its --info-fd (the init's pid), or {} if it ended without writing it."""
+    def read() -> bytes:
+        with os.fdopen(read_fd, "rb") as f:
+            return f.read()
+
+    data = await asyncio.to_thread(read)
+    try:
+        return json.loads(data) if data else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int, overflow: asyncio.Event) -> bytes:
@@ -255,20 +403,33 @@ def _limit_hit(exit_code: int, stderr: str, oom_kills: int, pid_limit_hits: int)
 
 async def run_sandboxed_async(code: str, limits: SandboxLimits) -> SandboxResult:
     """Run `code` with `python -` in the sandbox; safe to run many at once in one event loop."""
-    check_sandbox()
+    mode = check_sandbox(limits.mode)
+    run = _Cgroup1Run(limits) if mode == "cgroup1" else _NamespaceRun(limits)
+    return await _run(run, code, limits)
+
+
+async def _run(run: _Cgroup1Run | _NamespaceRun, code: str, limits: SandboxLimits) -> SandboxResult:
     start = time.monotonic()
-    cgroups = _RunCgroups(limits)
     io: asyncio.Future | None = None
     overflowed: asyncio.Future | None = None
+    info_read, info_write = os.pipe() if isinstance(run, _NamespaceRun) else (None, None)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *_command(limits, cgroups),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=BWRAP_ENV,
-            cwd="/",
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *_command(limits, run, info_write),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=BWRAP_ENV,
+                cwd="/",
+                pass_fds=() if info_write is None else (info_write,),
+            )
+        finally:
+            if info_write is not None:
+                os.close(info_write)  # bwrap holds the only write end now: EOF once it wrote or died
+        if info_read is not None:
+            fd, info_read = info_read, None
+            run.started(await _bwrap_info(fd))
         overflow = asyncio.Event()
         io = asyncio.gather(
             _read_capped(proc.stdout, limits.max_output_bytes, overflow),
@@ -281,8 +442,8 @@ async def run_sandboxed_async(code: str, limits: SandboxLimits) -> SandboxResult
         done, _ = await asyncio.wait(
             {io, overflowed}, timeout=limits.wall_timeout_s, return_when=asyncio.FIRST_COMPLETED
         )
-        # Always kill the whole group: the program may have left background processes behind.
-        await asyncio.to_thread(cgroups.kill_all)
+        # Always kill the whole run: the program may have left background processes behind.
+        await asyncio.to_thread(run.kill_all)
         stdout, stderr, _, returncode = await io
         exit_code = 128 - returncode if returncode < 0 else returncode
         stderr_text = stderr.decode(errors="replace")
@@ -291,12 +452,8 @@ async def run_sandboxed_async(code: str, limits: SandboxLimits) -> SandboxResult
         elif io not in done:
             killed_reason = "wall timeout"
         elif exit_code != 0:
-            killed_reason = _limit_hit(
-                exit_code,
-                stderr_text,
-                oom_kills=cgroups.counter("memory", "memory.oom_control", "oom_kill"),
-                pid_limit_hits=cgroups.counter("pids", "pids.events", "max"),
-            )
+            oom_kills, pid_limit_hits = run.limit_counters()
+            killed_reason = _limit_hit(exit_code, stderr_text, oom_kills=oom_kills, pid_limit_hits=pid_limit_hits)
         else:
             killed_reason = None
         return SandboxResult(
@@ -306,13 +463,16 @@ async def run_sandboxed_async(code: str, limits: SandboxLimits) -> SandboxResult
             timed_out=killed_reason == "wall timeout",
             killed_reason=killed_reason,
             duration_s=time.monotonic() - start,
+            mode=run.mode,
         )
     finally:
+        if info_read is not None:
+            os.close(info_read)
         for pending in (io, overflowed):  # pending only when cancelled from outside
             if pending is not None:
                 pending.cancel()
         # In a thread, so the cleanup completes even if this task is cancelled again while waiting for it.
-        await asyncio.to_thread(cgroups.destroy)
+        await asyncio.to_thread(run.destroy)
 
 
 def run_sandboxed(code: str, limits: SandboxLimits) -> SandboxResult:

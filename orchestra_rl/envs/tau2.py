@@ -8,8 +8,9 @@ expert; those calls stay out of tau2's transcript, which holds only what the dom
 the system prompt, and the user is one of (config `user.kind`):
 
   scripted  ScriptedUser, a deterministic stand-in (no model) for tau2's LLM user simulator
-  llm       LLMUser: tau2's own UserSimulator (its simulation guidelines, the task's scenario, the user's tools
-            where the domain has some) over any OpenAI-compatible endpoint; its cost is tracked, not charged
+  llm       LLMUser (envs/tau2_models.py): tau2's own UserSimulator (its simulation guidelines, the task's
+            scenario, the user's tools where the domain has some) over any OpenAI-compatible endpoint; its cost
+            is tracked, not charged
   solo      no user: tau2's solo mode (the task's ticket is the opening; the policy ends with the `done` tool)
 
 A task's natural-language assertions are judged by tau2's NLAssertionsEvaluator (its prompt, its parsing) on the
@@ -25,18 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from orchestra_rl.config import EndpointConfig, EnvSourceConfig, UserConfig
+from orchestra_rl.config import EnvSourceConfig, UserConfig
 from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, call_configured, offered_tools,
                                     policy_prompt)
 from orchestra_rl.envs.qa import CallTool
+from orchestra_rl.envs.tau2_models import LLMUser, endpoint_api_key, install_judge, judging, new_usage
 from orchestra_rl.envs.users import STOP, ScriptedUser
-from orchestra_rl.tools.base import Pricing
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 
 DONE_TOOL = "done"  # solo mode: the policy's call that ends the episode (tau2's LLMSoloAgent)
@@ -137,96 +137,6 @@ def _joined(*parts: str | None) -> str:
     return " ".join(p.strip() for p in parts if p)
 
 
-def endpoint_api_key(endpoint: EndpointConfig, key: str) -> str:
-    """The key of an endpoint the environment calls (its `api_key_env`), "EMPTY" for a keyless local server; a
-    variable that is not set is an error naming `key`, raised before any episode starts."""
-    if not endpoint.api_key_env:
-        return "EMPTY"
-    api_key = os.environ.get(endpoint.api_key_env, "")
-    if not api_key:
-        raise ValueError(f"{key}.api_key_env: the environment variable {endpoint.api_key_env} is not set")
-    return api_key
-
-
-def litellm_args(endpoint: EndpointConfig, api_key: str) -> dict[str, Any]:
-    return {"api_base": endpoint.base_url, "api_key": api_key, "temperature": endpoint.temperature,
-            "timeout": endpoint.timeout_s, "num_retries": endpoint.max_retries}
-
-
-def new_usage() -> dict[str, Any]:
-    return {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
-
-
-def add_usage(usage: dict[str, Any], pricing: Pricing, reply_usage: dict | None) -> None:
-    reply_usage = reply_usage or {}
-    tokens_in, tokens_out = reply_usage.get("prompt_tokens", 0), reply_usage.get("completion_tokens", 0)
-    usage["calls"] += 1
-    usage["tokens_in"] += tokens_in
-    usage["tokens_out"] += tokens_out
-    usage["cost_usd"] += pricing.cost(tokens_in, tokens_out)
-
-
-# tau2's NL-assertion evaluator calls the module-level `generate` with its module constants as the judge model; we
-# replace that one name (once, per process) by a call to the judge bound to the grading thread, so that episodes of
-# environments with different judges grade concurrently and each judge's usage lands in its own episode.
-_judge_binding = threading.local()
-
-
-def _judged_generate(model: str, messages: list, **_: Any):
-    from tau2.utils.llm_utils import generate
-
-    binding = getattr(_judge_binding, "judge", None)
-    if binding is None:
-        raise RuntimeError("NL assertions graded outside an episode with a configured judge")
-    endpoint, api_key, usage = binding
-    reply = generate(model=f"openai/{endpoint.model}", messages=messages, **litellm_args(endpoint, api_key))
-    add_usage(usage, Pricing(endpoint.price_in_per_mtok, endpoint.price_out_per_mtok), reply.usage)
-    return reply
-
-
-def _install_judge() -> None:
-    from tau2.evaluator import evaluator_nl_assertions
-
-    evaluator_nl_assertions.generate = _judged_generate
-
-
-class LLMUser:
-    """tau2's LLM user simulator: `UserSimulator` with its guidelines and the task's scenario, calling the
-    configured endpoint through litellm (as tau2 does) as an OpenAI-compatible model. Where the domain gives the
-    user tools (telecom), the simulator's calls run against this episode's environment and their results go back
-    to it, as in tau2's orchestrator. Blocking: called in a thread. Its token use and cost (at the configured
-    prices) are tracked, never charged to the orchestrator."""
-
-    def __init__(self, task, cfg: UserConfig, api_key: str, domain, history: list):
-        from tau2.user.base import is_valid_user_history_message
-        from tau2.user.user_simulator import UserSimulator
-
-        self.domain = domain
-        self.pricing = Pricing(cfg.price_in_per_mtok, cfg.price_out_per_mtok)
-        tools = domain.get_user_tools() if domain.user_tools else None
-        self.sim = UserSimulator(tools=tools, instructions=str(task.user_scenario), llm=f"openai/{cfg.model}",
-                                 llm_args=litellm_args(cfg, api_key))
-        self.state = self.sim.get_init_state([m for m in history if is_valid_user_history_message(m)])
-        self.usage = new_usage()
-
-    def reply(self, message, transcript: list, transferred: bool) -> tuple[str, bool]:
-        """The user's next words after the agent's `message` (and any tool calls of their own, appended to the
-        `transcript` with their results); whether they end the conversation. A transfer to a human agent is in
-        the conversation the simulator reads (tau2's guidelines say how to answer it)."""
-        from tau2.data_model.message import MultiToolMessage
-
-        while True:
-            said, self.state = self.sim.generate_next_message(message, self.state)
-            add_usage(self.usage, self.pricing, said.usage)
-            transcript.append(said)
-            if not said.is_tool_call():
-                return said.content or "", self.sim.is_stop(said)
-            results = [self.domain.get_response(call) for call in said.tool_calls]
-            self.domain.sync_tools()
-            transcript.extend(results)
-            message = results[0] if len(results) == 1 else MultiToolMessage(role="tool", tool_messages=results)
-
-
 def golden_turns(task: Task) -> list[str]:
     """The policy's turns that replay the task's golden actions: one call per turn, then one message with the
     information the user must be told, ending the conversation. The reference policy of the parity test."""
@@ -280,7 +190,7 @@ class Tau2Environment(Environment):
         self.user_api_key = endpoint_api_key(source.user, f"env.{name}.user") if source.user.kind == "llm" else ""
         self.judge_api_key = endpoint_api_key(source.judge, f"env.{name}.judge") if source.judge.model else ""
         if source.judge.model:
-            _install_judge()
+            install_judge()
         self.make_env = registry.get_env_constructor(source.domain)
         self.solo = source.user.kind == "solo"
         spec = domain_spec(source)
@@ -412,9 +322,6 @@ class Tau2Episode(Episode):
         if not (criteria and RewardType.NL_ASSERTION in criteria.reward_basis):
             return evaluate_simulation(run, self.task, EvaluationType.ALL, solo_mode=self.env.solo,
                                        domain=self.env.source.domain)
-        _judge_binding.judge = (self.env.source.judge, self.env.judge_api_key, judge_usage)
-        try:
+        with judging(self.env.source.judge, self.env.judge_api_key, judge_usage):
             return evaluate_simulation(run, self.task, EvaluationType.ALL_WITH_NL_ASSERTIONS, solo_mode=self.env.solo,
                                        domain=self.env.source.domain)
-        finally:
-            _judge_binding.judge = None

@@ -37,34 +37,32 @@ import functools
 import json
 import math
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from orchestra_rl.config import ToolConfig
 from orchestra_rl.config.schema import SANDBOX_MODES
+from orchestra_rl.tools.confinement import (
+    CGROUP_CONTROLLERS,
+    CGROUP_ROOT,
+    SANDBOX_UID,
+    Cgroup1Run,
+    MiB,
+    NamespaceRun,
+    SandboxUnavailable,
+    require_program,
+)
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-CGROUP_CONTROLLERS = ("pids", "memory", "freezer")
-CGROUP_PARENT = "orchestra_rl"
-SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace (and the uid a root caller drops to in userns)
-LAUNCHER_PROCESSES = 2  # bwrap and its pid-1 reaper count against pids.max besides the program's own
-NAMESPACE_INIT = 1  # bwrap's pid-1 reaper runs as the sandbox's uid, so RLIMIT_NPROC counts it too
+__all__ = ["SandboxLimits", "SandboxResult", "SandboxUnavailable", "check_sandbox", "run_sandboxed",
+           "run_sandboxed_async", "sandbox_main"]
+
 READ_CHUNK = 65536
 # bwrap's own environment: /proc/1/environ inside the sandbox shows it, so it must carry nothing of the host.
 BWRAP_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
-MiB = 1 << 20
-
-
-class SandboxUnavailable(RuntimeError):
-    """The machine cannot run the sandbox safely; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -108,13 +106,6 @@ class SandboxResult:
         return asdict(self)
 
 
-def _require(program: str, package: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        raise SandboxUnavailable(f"{program} is not installed; the python tool needs it: apt-get install {package}")
-    return path
-
-
 def _cgroup1_problem() -> str | None:
     if os.geteuid() != 0:
         return "cgroup1 needs root"
@@ -131,7 +122,7 @@ def _userns_problem() -> str | None:
     limits = SandboxLimits(cpu_time_s=5, wall_timeout_s=20, memory_mb=256, max_processes=4, max_file_mb=1,
                            max_output_bytes=1000, mode="userns")
     try:
-        probe = subprocess.run(_command(limits, _NamespaceRun(limits), None), input=b"print(6 * 7)",
+        probe = subprocess.run(_command(limits, NamespaceRun(limits.max_processes), None), input=b"print(6 * 7)",
                                capture_output=True, env=BWRAP_ENV, cwd="/", timeout=limits.wall_timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"userns could not run a trivial program: {e}"
@@ -148,14 +139,14 @@ def _userns_problem() -> str | None:
 def check_sandbox(requested: str = "auto") -> str:
     """The confinement this process runs programs under: `requested`, or for auto cgroup1 where it is available,
     else userns (chosen once per process). SandboxUnavailable, naming what to fix, when none can run."""
-    _require("bwrap", "bubblewrap")
-    _require("prlimit", "util-linux")
+    require_program("bwrap", "bubblewrap")
+    require_program("prlimit", "util-linux")
     if requested not in SANDBOX_MODES:
         raise SandboxUnavailable(f"unknown sandbox mode {requested!r}; known: {', '.join(SANDBOX_MODES)}")
     return _choose_mode(requested)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _choose_mode(requested: str) -> str:
     problems = []
     if requested in ("auto", "cgroup1"):
@@ -164,7 +155,7 @@ def _choose_mode(requested: str) -> str:
         problems.append(problem)
     if requested in ("auto", "userns"):
         if os.geteuid() == 0:
-            _require("setpriv", "util-linux")
+            require_program("setpriv", "util-linux")
         if (problem := _userns_problem()) is None:
             return "userns"
         problems.append(problem)
@@ -172,155 +163,12 @@ def _choose_mode(requested: str) -> str:
                              "run: " + "; ".join(problems))
 
 
-class _Cgroup1Run:
-    """This run's pids, memory and freezer groups, under <controller>/orchestra_rl/<uuid>."""
-
-    mode = "cgroup1"
-
-    def __init__(self, limits: SandboxLimits):
-        name = uuid.uuid4().hex
-        self.dirs = {c: CGROUP_ROOT / c / CGROUP_PARENT / name for c in CGROUP_CONTROLLERS}
-        for d in self.dirs.values():
-            d.mkdir(parents=True)
-        (self.dirs["pids"] / "pids.max").write_text(str(limits.max_processes + LAUNCHER_PROCESSES))
-        memory = self.dirs["memory"]
-        (memory / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MiB))
-        if (memory / "memory.memsw.limit_in_bytes").exists():  # with swap accounting: no swapping past it
-            (memory / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb * MiB))
-
-    def outside(self) -> list[str]:
-        """Before prlimit and bwrap: join every group first, so that all they start is inside from its first
-        instruction."""
-        procs = [str(d / "cgroup.procs") for d in self.dirs.values()]
-        return ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"',
-                "sh", *procs, "--"]
-
-    def inside(self) -> list[str]:
-        return []
-
-    def started(self, info: dict[str, Any]) -> None:
-        pass
-
-    def pids(self) -> list[int]:
-        return [int(p) for p in (self.dirs["freezer"] / "cgroup.procs").read_text().split()]
-
-    def counter(self, controller: str, file: str, key: str) -> int:
-        """A counter from a flat-keyed file, e.g. pids.events "max" or memory.oom_control "oom_kill"."""
-        for line in (self.dirs[controller] / file).read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-        return 0
-
-    def limit_counters(self) -> tuple[int, int]:
-        """(OOM kills, times the process limit was hit)."""
-        return self.counter("memory", "memory.oom_control", "oom_kill"), self.counter("pids", "pids.events", "max")
-
-    def kill_all(self) -> None:
-        """Freeze the group so nothing can fork, SIGKILL every member, thaw so the kills take effect."""
-        state = self.dirs["freezer"] / "freezer.state"
-        state.write_text("FROZEN")
-        deadline = time.monotonic() + 5
-        while state.read_text().strip() != "FROZEN" and time.monotonic() < deadline:
-            time.sleep(0.001)
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:  # exited since the listing
-                continue
-        state.write_text("THAWED")
-
-    def destroy(self, timeout_s: float = 10.0) -> None:
-        """Kill whatever is left and remove the groups; raise if a process survives."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.kill_all()
-            if not self.pids():
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sandbox processes survived SIGKILL: {self.pids()} in {self.dirs['freezer']}")
-            time.sleep(0.01)
-        for d in self.dirs.values():
-            # rmdir fails (EBUSY) while a process is in the group: the final proof that none is left
-            _rmdir_when_empty(d, deadline)
-
-
-def _rmdir_when_empty(path: Path, deadline: float) -> None:
-    # A killed process leaves the pids/memory groups only once it is reaped, a moment after SIGKILL.
-    while True:
-        try:
-            path.rmdir()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-class _NamespaceRun:
-    """This run's bound (RLIMIT_NPROC inside its user namespace) and teardown (its pid namespace's init)."""
-
-    mode = "userns"
-
-    def __init__(self, limits: SandboxLimits):
-        self.limits = limits
-        self.init_pidfd: int | None = None
-
-    def outside(self) -> list[str]:
-        if os.geteuid() != 0:
-            return []
-        # RLIMIT_NPROC does not bind root: the run's processes get a uid of their own on the host.
-        return [_require("setpriv", "util-linux"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}",
-                "--clear-groups", "--"]
-
-    def inside(self) -> list[str]:
-        # Set inside the new user namespace, where the kernel counts only this run's processes against it (set
-        # before, it would also be the limit of the caller's uid on the host, which counts all its processes).
-        nproc = self.limits.max_processes + NAMESPACE_INIT
-        return [_require("prlimit", "util-linux"), f"--nproc={nproc}:{nproc}", "--"]
-
-    def started(self, info: dict[str, Any]) -> None:
-        """bwrap reported its init's pid: hold it by a pidfd, which no later process can reuse."""
-        try:
-            self.init_pidfd = os.pidfd_open(info["child-pid"])
-        except ProcessLookupError:  # the run is already over, and with it the namespace
-            self.init_pidfd = None
-
-    def limit_counters(self) -> tuple[int, int]:
-        # No counters without cgroups: a fork refused with EAGAIN here is the process limit, a MemoryError the data
-        # limit (both seen in the program's last stderr line).
-        return 0, 1
-
-    def kill_all(self) -> None:
-        if self.init_pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def destroy(self, timeout_s: float = 10.0) -> None:
-        """Kill the namespace's init and wait until it is gone: the kernel lets pid 1 of a pid namespace finish
-        exiting only once every other process in it has, so its end proves that nothing is left."""
-        if self.init_pidfd is None:
-            return
-        try:
-            self.kill_all()
-            poller = select.poll()
-            poller.register(self.init_pidfd, select.POLLIN)  # readable once the process has exited
-            if not poller.poll(timeout_s * 1000):
-                raise RuntimeError(f"the sandbox's pid namespace survived SIGKILL of its init ({timeout_s} s)")
-        finally:
-            os.close(self.init_pidfd)
-            self.init_pidfd = None
-
-
-def _command(limits: SandboxLimits, run: _Cgroup1Run | _NamespaceRun, info_fd: int | None) -> list[str]:
+def _command(limits: SandboxLimits, run: Cgroup1Run | NamespaceRun, info_fd: int | None) -> list[str]:
     python_dirs = sorted({sys.base_prefix, sys.prefix} - {"/usr"})
     cpu_s = max(1, math.ceil(limits.cpu_time_s))
     launcher = [
         *run.outside(),
-        _require("prlimit", "util-linux"),
+        require_program("prlimit", "util-linux"),
         f"--cpu={cpu_s}:{cpu_s + 1}",  # SIGXCPU at the soft limit, SIGKILL one second later
         f"--data={limits.memory_mb * MiB}",
         f"--fsize={limits.max_file_mb * MiB}",
@@ -328,7 +176,7 @@ def _command(limits: SandboxLimits, run: _Cgroup1Run | _NamespaceRun, info_fd: i
         "--",
     ]
     bwrap = [
-        _require("bwrap", "bubblewrap"),
+        require_program("bwrap", "bubblewrap"),
         # --unshare-all alone skips the user namespace where it cannot create one; --unshare-user insists.
         "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
         "--cap-drop", "ALL", "--die-with-parent", "--new-session",
@@ -404,15 +252,16 @@ def _limit_hit(exit_code: int, stderr: str, oom_kills: int, pid_limit_hits: int)
 async def run_sandboxed_async(code: str, limits: SandboxLimits) -> SandboxResult:
     """Run `code` with `python -` in the sandbox; safe to run many at once in one event loop."""
     mode = check_sandbox(limits.mode)
-    run = _Cgroup1Run(limits) if mode == "cgroup1" else _NamespaceRun(limits)
+    run = (Cgroup1Run(limits.max_processes, limits.memory_mb) if mode == "cgroup1"
+           else NamespaceRun(limits.max_processes))
     return await _run(run, code, limits)
 
 
-async def _run(run: _Cgroup1Run | _NamespaceRun, code: str, limits: SandboxLimits) -> SandboxResult:
+async def _run(run: Cgroup1Run | NamespaceRun, code: str, limits: SandboxLimits) -> SandboxResult:
     start = time.monotonic()
     io: asyncio.Future | None = None
     overflowed: asyncio.Future | None = None
-    info_read, info_write = os.pipe() if isinstance(run, _NamespaceRun) else (None, None)
+    info_read, info_write = os.pipe() if isinstance(run, NamespaceRun) else (None, None)
     try:
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -10,13 +10,21 @@ from orchestra_rl.types import Trajectory
 
 
 class Tracker:
-    def __init__(self, cfg: Config, run_dir: str, resume_id: str | None = None):
+    def __init__(self, cfg: Config, run_dir: str, resume_id: str | None = None, resume_step: int | None = None):
+        """resume_id/resume_step: continue that run after its checkpoint at resume_step. Online, W&B rewinds the
+        run's history to that step (`resume_from`), so steps logged after it by the interrupted driver are
+        replaced; offline W&B cannot rewind, and keeps the first value of such a step (it drops a step logged
+        twice). The run folder's steps.jsonl is rewound in both cases (trainer.rewind_step_log)."""
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")  # our own line below says where the run is
         mode = cfg.train.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        if resume_id and mode == "online" and resume_step is not None:
+            resume = {"resume_from": f"{resume_id}?_step={resume_step}"}
+        else:
+            resume = {"id": resume_id, "resume": "allow" if resume_id else None}
         self.run = wandb.init(project=cfg.train.wandb_project, mode=mode, dir=run_dir, config=as_plain(cfg),
-                              id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")
+                              reinit="finish_previous", **resume)
         self.wandb = wandb
         print(f"W&B run ({mode}): {self.run.dir if mode != 'disabled' else 'disabled'}")
 

@@ -57,12 +57,25 @@ def warm_start(cfg: Config, run_dir: Path) -> tuple[str, dict[str, Any] | None]:
 def clear_previous_run(run_dir: Path) -> None:
     """A fresh run owns its folder: an earlier run's steps and checkpoints there would be mixed into its log and
     picked up by a later resume."""
-    old = [p for p in (run_dir / "steps.jsonl", run_dir / "checkpoints") if p.exists()]
+    old = [p for p in (run_dir / "steps.jsonl", run_dir / "eval_before.json", run_dir / "checkpoints") if p.exists()]
     if old:
         print(f"fresh run (train.resume=false): removing the previous run's {' and '.join(p.name for p in old)} "
               f"in {run_dir}")
     (run_dir / "steps.jsonl").unlink(missing_ok=True)
+    (run_dir / "eval_before.json").unlink(missing_ok=True)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def rewind_step_log(run_dir: Path, step: int) -> None:
+    """A resumed run continues after checkpoint `step`: the interrupted run's records of later steps (trained by a
+    policy lineage that is gone) are dropped, so that every step is in the log once."""
+    log = run_dir / "steps.jsonl"
+    if not log.exists():
+        return
+    kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = log.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(log)
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -72,15 +85,23 @@ def train(cfg: Config) -> dict[str, Any]:
     model_path, state = warm_start(cfg, run_dir)
     if state is None:
         clear_previous_run(run_dir)
-    tracker = Tracker(cfg, str(run_dir), resume_id=state["wandb_id"] if state else None)
+    else:
+        rewind_step_log(run_dir, state["step"])
+    tracker = Tracker(cfg, str(run_dir), resume_id=state["wandb_id"] if state else None,
+                      resume_step=state["step"] if state else None)
     # System stops every role it started on the way out, errors included (on an attached cluster nothing else would).
     with tracker, System(cfg, model_path, learners=True) as system:
         if state is not None:
             system.learners.load_checkpoint(str(latest_checkpoint(str(run_dir))))
         sampler = TaskSampler(system.tasks("train"), cfg.seed,
                               position=state["data_position"] if state else 0)
-        before = scored_eval(system, cfg, "eval before")
-        tracker.log_eval(before, step=0)
+        before_file = run_dir / "eval_before.json"
+        if state is not None and before_file.exists():  # evaluated and logged by the run this one resumes
+            before = json.loads(before_file.read_text())
+        else:
+            before = scored_eval(system, cfg, "eval before")
+            tracker.log_eval(before, step=0)
+            before_file.write_text(json.dumps(before))
 
         first = state["step"] if state else 0
         bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
@@ -100,6 +121,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 metrics["time/update_s"] = time.perf_counter() - t2
                 metrics |= {f"sync/{k}": v for k, v in system.sync_weights().items()}
             metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1,
+                        "rollout/lost_workers": system.rollout.lost_workers,
                         "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / (t1 - t0)}
             tracker.log(metrics, step=step + 1)
             with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not

@@ -140,11 +140,14 @@ class WeightSync:
 
     `learners` is a LearnerGroup (its ranks' `send_weights` / `join_weight_sync`); `rollout_workers` are
     RolloutWorker actors (their `receive_weights` / `join_weight_sync`). The collective group is formed on the
-    first sync, once: all members must join at the same time."""
+    first sync, and again when the live workers changed: all members must join at the same time."""
 
     def __init__(self, transport: str, learners: Any, rollout_workers: list):
-        self.transport, self.learners, self.rollout_workers = transport, learners, list(rollout_workers)
+        # The rollout manager's own list of live workers (not a copy): a worker it dropped gets no weights, and
+        # the collective group is formed again without it.
+        self.transport, self.learners, self.rollout_workers = transport, learners, rollout_workers
         self.metadata: Metadata | None = None
+        self.members: list = []
 
     def __call__(self) -> dict[str, float]:
         import ray
@@ -159,7 +162,7 @@ class WeightSync:
                 if os.path.exists(path):
                     os.remove(path)
         else:
-            if self.metadata is None:
+            if self.metadata is None or self.members != self.rollout_workers:
                 self._form_group()
             # Both sides block in the same broadcasts: the receives must be in flight before the send.
             receives = [w.receive_weights.remote("receive_broadcast", self.metadata) for w in self.rollout_workers]
@@ -177,3 +180,4 @@ class WeightSync:
                  for i, w in enumerate(self.rollout_workers)]
         self.metadata = self.learners.join_weight_sync(host, port, world)
         ray.get(joins)
+        self.members = list(self.rollout_workers)

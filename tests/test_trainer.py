@@ -1,9 +1,13 @@
-"""End to end: `orchestra-rl train` (few steps, tiny sizes) for GRPO and PPO, checkpoints, and resume."""
+"""End to end: `orchestra-rl train` (few steps, tiny sizes) for GRPO and PPO, checkpoints, and resume after the
+driver was killed."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -18,34 +22,86 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 TASKS_PER_STEP = 4
 
 
-def train(cache_dir: str, run_dir, policy: str, *overrides: str) -> subprocess.CompletedProcess:
+def train_command(cache_dir: str, run_dir, policy: str, *overrides: str) -> list[str]:
     """`orchestra-rl train` from the session's SFT checkpoint (so the policy makes real tool calls and groups
     differ in reward), in a process and a Ray of its own."""
-    cmd = [sys.executable, "-m", "orchestra_rl.cli", "train", f"model.cache_dir={cache_dir}/models",
-           f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", f"train.output_dir={run_dir}",
-           f"model.path={policy}", "sft.enabled=false", f"train.tasks_per_step={TASKS_PER_STEP}",
-           "rollout.group_size=4", "train.eval_max_tasks=5", "train.save_every=1", "rollout.max_turns=3",
-           "train.wandb_mode=offline", f"serve.port={free_port()}", "serve.latency_scale=0.01",
-           "learner.num_cpus_per_learner=0.5", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return [sys.executable, "-m", "orchestra_rl.cli", "train", f"model.cache_dir={cache_dir}/models",
+            f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", f"train.output_dir={run_dir}",
+            f"model.path={policy}", "sft.enabled=false", f"train.tasks_per_step={TASKS_PER_STEP}",
+            "rollout.group_size=4", "train.eval_max_tasks=5", "train.save_every=1", "rollout.max_turns=3",
+            "train.wandb_mode=offline", f"serve.port={free_port()}", "serve.latency_scale=0.01",
+            "learner.num_cpus_per_learner=0.5", *overrides]
+
+
+def train(cache_dir: str, run_dir, policy: str, *overrides: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_command(cache_dir, run_dir, policy, *overrides), capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
+
+
+def train_killed_after_step(step: int, cache_dir: str, run_dir, policy: str, *overrides: str) -> None:
+    """Start a train run in a session of its own and SIGKILL the driver and every process it started (its Ray)
+    once `step` is in its log: a crash in the middle of the next step."""
+    proc = subprocess.Popen(train_command(cache_dir, run_dir, policy, *overrides), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    try:
+        while not ((run_dir / "steps.jsonl").exists() and len(steps(run_dir)) >= step):
+            assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"no step {step} after 900 s"
+            time.sleep(0.2)
+    finally:
+        session = [p for p in psutil.process_iter() if _session_of(p.pid) == proc.pid]
+        for p in session:  # by id: the driver, Ray's processes and its workers
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=60)
+        psutil.wait_procs(session, timeout=60)
+        proc.stderr.close()
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def steps(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_dir, tmp_path, sft_run):
+def test_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resumes_each_step_once(cache_dir, tmp_path,
+                                                                                             sft_run):
     run_dir, policy = tmp_path / "grpo", sft_run[1]
-    proc = train(cache_dir, run_dir, policy, "train.steps=2", "algo=grpo")
-    assert "evaluation before → after training" in proc.stdout
+    # Killed in step 4, after step 3 was logged; the last checkpoint is step 2's.
+    train_killed_after_step(3, cache_dir, run_dir, policy, "train.steps=4", "algo=grpo", "train.save_every=2")
+    assert [s["step"] for s in steps(run_dir)] == [1, 2, 3]
+    ckpt = run_dir / "checkpoints" / "step_000002"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["data_position"] == 2 * TASKS_PER_STEP
+    assert not (run_dir / "checkpoints" / "step_000004").exists()
+    model = AutoModelForCausalLM.from_pretrained(ckpt / POLICY_DIR)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    before = json.loads((run_dir / "eval_before.json").read_text())
+
+    # Resumed at step 3: the interrupted run's record of step 3 is replaced, and each step is logged once.
+    proc = train(cache_dir, run_dir, policy, "train.steps=4", "algo=grpo", "train.save_every=2", "train.resume=true")
+    assert "resuming from" in proc.stdout and "evaluation before → after training" in proc.stdout
+    logged = steps(run_dir)
+    assert [s["step"] for s in logged] == [1, 2, 3, 4]
+    # Every step saw exactly the tasks an uninterrupted run would have: the stream continued at its position.
+    expected = [[t.task_id for t in batch] for batch in _stream(cache_dir, 4)]
+    assert [s["task_ids"] for s in logged] == expected
+    assert json.loads((run_dir / "checkpoints" / "step_000004" / "trainer_state.json").read_text())["step"] == 4
     report = json.loads((run_dir / "train_report.json").read_text())
+    assert report["before"] == before  # the evaluation before training is the first run's, not re-run
     # The default world: the QA families and the built-in function-call domain, each its own row.
     assert set(report["before"]["families"]) == set(report["after"]["families"]) == {
         "arithmetic", "lookup", "multihop", "hard", "orders"}
-    logged = steps(run_dir)
-    assert [s["step"] for s in logged] == [1, 2]
     for s in logged:
         assert s["rollout/policy_tokens"] > 0 and s["samples/failed_trajectories"] == s["rollout/failed"] == 0
         assert s["samples/kept"] + s["samples/dropped_trajectories"] == 16
@@ -53,24 +109,10 @@ def test_grpo_train_writes_loadable_checkpoints_and_resumes_in_data_order(cache_
             assert s["learner/tokens"] > 0 and s["learner/grad_norm"] > 0 and s["sync/bytes"] > 0
         else:  # every group degenerate: no update, and no sync of unchanged weights
             assert not any(k.startswith(("learner/", "sync/")) for k in s)
-    assert any(s["samples/kept"] for s in logged), "every group of both steps had equal rewards"
+    assert any(s["samples/kept"] for s in logged), "every group of every step had equal rewards"
     # The SFT policy calls tools: the batch metrics see them (not only parse errors).
     assert sum(v for s in logged for k, v in s.items() if k.startswith("tools/")) > 0
     assert list((run_dir / "wandb").glob("offline-run-*"))
-
-    ckpt = run_dir / "checkpoints" / "step_000002"
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert state["step"] == 2 and state["data_position"] == 2 * TASKS_PER_STEP
-    model = AutoModelForCausalLM.from_pretrained(ckpt / POLICY_DIR)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-
-    train(cache_dir, run_dir, policy, "train.steps=3", "algo=grpo", "train.resume=true")
-    logged = steps(run_dir)
-    assert [s["step"] for s in logged] == [1, 2, 3]
-    # The resumed step sees exactly the tasks an uninterrupted run would have: the stream continues at position 2 * TASKS_PER_STEP.
-    expected = [[t.task_id for t in batch] for batch in _stream(cache_dir, 3)]
-    assert [s["task_ids"] for s in logged] == expected
-    assert json.loads((run_dir / "checkpoints" / "step_000003" / "trainer_state.json").read_text())["step"] == 3
 
     # A fresh run in the same folder starts its own log and checkpoints (a later resume must not find step 3).
     train(cache_dir, run_dir, policy, "train.steps=1", "algo=grpo")

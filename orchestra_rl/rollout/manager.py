@@ -25,8 +25,13 @@ Item = tuple[Task, int]  # (task, group index)
 
 
 class RolloutManager:
+    """`workers` are the live rollout workers: one that dies is dropped from it (the failure logged with its
+    cause), and the trajectories of its unfinished calls are re-run on the others, so a batch loses none. The
+    weight sync reads the same list, so it only ever pushes to live engines."""
+
     def __init__(self, workers: list, mode: str = "async"):
         self.workers, self.mode = list(workers), mode
+        self.lost_workers = 0  # rollout workers that died so far (a metric)
 
     def submit(self, tasks: list[Task], group_size: int, lockstep: bool | None = None, max_in_flight: int = 0,
                on_done: Callable[[ray.ObjectRef, int], None] | None = None) -> list[ray.ObjectRef]:
@@ -37,37 +42,60 @@ class RolloutManager:
         items = [(task, g) for task in tasks for g in range(group_size)]
         cap = max_in_flight or len(items)
         submitted: list[ray.ObjectRef] = []
-        pending: dict[ray.ObjectRef, int] = {}  # call -> trajectories in it
+        # A call's small first return (its trajectory count) -> (its slot in `submitted`, its items, its worker).
+        pending: dict[ray.ObjectRef, tuple[int, list[Item], object]] = {}
 
-        def submit(chunk: list[Item], worker: int) -> None:
-            ref = self.workers[worker].rollout.remote([t for t, _ in chunk], [g for _, g in chunk], lockstep)
-            pending[ref] = len(chunk)
-            submitted.append(ref)
+        def submit(chunk: list[Item], worker, slot: int | None = None) -> None:
+            count, ref = worker.rollout.options(num_returns=2).remote(
+                [t for t, _ in chunk], [g for _, g in chunk], lockstep)
+            if slot is None:
+                slot = len(submitted)
+                submitted.append(ref)
+            submitted[slot] = ref
+            pending[count] = (slot, chunk, worker)
 
         def finish_one() -> None:
-            (done,), _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
-            n = pending.pop(done)
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            slot, chunk, worker = pending.pop(done)
+            try:
+                ray.get(done)  # a count: fetching it says whether the call succeeded, without its tokens
+            except ray.exceptions.RayActorError as e:
+                self._lose(worker, e)
+                submit(chunk, self._live_worker(slot), slot)  # the same trajectories, elsewhere
+                return
             if on_done:
-                on_done(done, n)
+                on_done(submitted[slot], len(chunk))
 
-        n = len(self.workers)
         if lockstep:
             for start in range(0, len(items), cap):
                 wave = items[start:start + cap]
-                for w in range(n):
-                    if wave[w::n]:
-                        submit(wave[w::n], w)
+                workers = list(self.workers)
+                for w, worker in enumerate(workers):
+                    if wave[w::len(workers)]:
+                        submit(wave[w::len(workers)], worker)
                 while pending:
                     finish_one()
         else:
             for i in range(0, len(items), group_size):
                 group = items[i:i + group_size]
-                while pending and sum(pending.values()) + len(group) > cap:
+                while pending and sum(len(c) for _, c, _ in pending.values()) + len(group) > cap:
                     finish_one()
-                submit(group, (i // group_size) % n)
+                submit(group, self._live_worker(i // group_size))
         while pending:
             finish_one()
         return submitted
+
+    def _live_worker(self, index: int):
+        if not self.workers:
+            raise RuntimeError(f"every rollout worker died ({self.lost_workers}); see the warnings above")
+        return self.workers[index % len(self.workers)]
+
+    def _lose(self, worker, error: Exception) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+            self.lost_workers += 1
+            log.warning("a rollout worker died (%s: %s); its unfinished trajectories run again on the %d left",
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "", len(self.workers))
 
     def rollout(self, tasks: list[Task], group_size: int, lockstep: bool | None = None, max_in_flight: int = 0,
                 on_done: Callable[[list[Trajectory]], None] | None = None) -> list[Trajectory]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import ray
@@ -39,10 +40,17 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
-    async def rollout(self, tasks: list[Task], group_indices: list[int], lockstep: bool) -> list[Trajectory]:
+    async def rollout(self, tasks: list[Task], group_indices: list[int],
+                      lockstep: bool) -> tuple[int, list[Trajectory]]:
         """One trajectory per (task, group index); all run concurrently on this worker's engine. The schedule
-        (lockstep or not) is the rollout manager's."""
-        return await self.loop.run_batch(tasks, group_indices, lockstep=lockstep)
+        (lockstep or not) is the rollout manager's. Returns their count too, a small first return that tells the
+        manager the call succeeded without fetching the trajectories."""
+        trajectories = await self.loop.run_batch(tasks, group_indices, lockstep=lockstep)
+        return len(trajectories), trajectories
+
+    def pid(self) -> int:
+        """This worker's process (a fault test kills it)."""
+        return os.getpid()
 
     async def receive_weights(self, method: str, *args) -> dict[str, float]:
         """Load new policy weights through `WeightReceiver.<method>` (orchestra_rl/weight_sync.py)."""

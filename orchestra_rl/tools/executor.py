@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 DEADLINE_MARGIN_S = 1.0
 # Calls one executor actor accepts at once; the per-tool semaphores are the real bound.
 ACTOR_MAX_CONCURRENCY = 1000
+# Times Ray re-sends a call whose executor died while serving it (to the restarted executor).
+EXECUTOR_CALL_RETRIES = 3
 
 
 def error_result(error: str, latency_s: float = 0.0) -> ToolResult:
@@ -82,6 +85,10 @@ class ToolExecutor:
     def names(self) -> list[str]:
         return list(self.tools)
 
+    def pid(self) -> int:
+        """This executor's process (a fault test kills it)."""
+        return os.getpid()
+
     def stats(self) -> dict[str, dict[str, float]]:
         return {name: asdict(s) for name, s in self.tool_stats.items()}
 
@@ -91,22 +98,38 @@ class ToolExecutor:
 
 
 def make_executor(tools_cfg: ToolsConfig, ctx: ToolContext, num_cpus: float | None = None) -> ray.actor.ActorHandle:
-    """Start a ToolExecutor actor (num_cpus defaults to tools_cfg.num_cpus_per_executor)."""
+    """Start a ToolExecutor actor (num_cpus defaults to tools_cfg.num_cpus_per_executor). It holds no state a
+    call depends on, so Ray restarts it whenever its process dies, and re-sends the calls that were in flight
+    (EXECUTOR_CALL_RETRIES times each; the tools' calls may then run twice, which none of them minds)."""
     actor = ray.remote(ToolExecutor).options(
         num_cpus=tools_cfg.num_cpus_per_executor if num_cpus is None else num_cpus,
         max_concurrency=ACTOR_MAX_CONCURRENCY,
+        max_restarts=-1,
+        max_task_retries=EXECUTOR_CALL_RETRIES,
     )
     return actor.remote(tools_cfg, ctx)
 
 
 class ToolPool:
-    """Client side, in a rollout worker: spreads calls over several executor actors, round-robin."""
+    """Client side, in a rollout worker: spreads calls over several executor actors, round-robin. A call whose
+    executor died beyond Ray's own restart and retries goes to the next one; only when every executor failed it
+    is an error result, and the trajectory goes on."""
 
     def __init__(self, executors: list[ray.actor.ActorHandle]):
         if not executors:
             raise ValueError("ToolPool needs at least one ToolExecutor actor")
         self.executors = executors
-        self._next = itertools.cycle(executors)
+        self._next = itertools.cycle(range(len(executors)))
 
     async def call(self, name: str, arguments: dict[str, Any], task: str = "") -> ToolResult:
-        return await next(self._next).call.remote(name, arguments, task)
+        first = next(self._next)
+        causes = []
+        for i in range(len(self.executors)):
+            executor = self.executors[(first + i) % len(self.executors)]
+            try:
+                return await executor.call.remote(name, arguments, task)
+            except ray.exceptions.RayActorError as e:
+                log.warning("tool executor %d failed on a %s call (%s); trying the next one",
+                            (first + i) % len(self.executors), name, type(e).__name__)
+                causes.append(type(e).__name__)
+        return error_result(f"every tool executor failed on this {name!r} call ({', '.join(causes)})")

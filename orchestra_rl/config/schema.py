@@ -215,6 +215,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     latency_scale: float = 1.0  # multiplies every simulated latency (0 in fast tests)
+    # Replicas of the experts deployment: a call that a dying replica dropped is retried by the tool (a 5xx) and
+    # routed to a live one while Serve replaces the dead one. They reserve no CPU.
+    num_replicas: int = 2
 
 
 @dataclass

@@ -73,6 +73,7 @@ def validate(cfg: Config) -> Config:
                 _check(getattr(t, p) > 0, f"{key}.{p}", "must be > 0")
             _check(t.sandbox in SANDBOX_MODES, f"{key}.sandbox",
                    f"unknown mode {t.sandbox!r}; known: {', '.join(SANDBOX_MODES)}")
+    _check(cfg.serve.num_replicas >= 1, "serve.num_replicas", "must be >= 1")
     d = cfg.data
     for fam in d.families:
         _check(fam in TASK_FAMILIES, "data.families", f"unknown family {fam!r}; known: {', '.join(TASK_FAMILIES)}")

@@ -77,7 +77,8 @@ class ExpertServer:
     def __init__(self, experts: dict[str, dict[str, Any]], index: list[tuple[str, str, str]],
                  latency_scale: float, seed: int):
         self.experts, self.index, self.latency_scale = experts, index, latency_scale
-        self.rng = random.Random(seed)  # one stream for the replica: reproducible start, different every call
+        # One stream per replica: reproducible start, different every call, and not the other replicas' stream.
+        self.rng = random.Random(f"{seed}/{serve.get_replica_context().rank.rank}")
         self.string_answers = sorted({a for _, _, a in index if not re.fullmatch(r"-?\d+", a)})
 
     def _find(self, message: str) -> tuple[str, str] | None:
@@ -169,7 +170,8 @@ def start_experts(cfg: Config, world_dir: str | Path, ready_timeout_s: float = 1
     experts = {name: asdict(e) for name, e in cfg.data.experts.items()}
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up INFO lines, not over progress bars
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(ExpertServer.bind(experts, question_index(world_dir), cfg.serve.latency_scale, cfg.seed),
+    deployment = ExpertServer.options(num_replicas=cfg.serve.num_replicas)
+    serve.run(deployment.bind(experts, question_index(world_dir), cfg.serve.latency_scale, cfg.seed),
               name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "") else cfg.serve.host
     base_url = f"http://{host}:{cfg.serve.port}/v1"

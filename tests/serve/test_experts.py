@@ -1,15 +1,20 @@
 import asyncio
+import os
 import re
+import signal
+import time
 from collections import Counter
 
 import openai
+import psutil
 import pytest
 import ray
 from openai import AsyncOpenAI, OpenAI
 
 from orchestra_rl.config import Config, DataConfig, ExpertModelConfig, ServeConfig
 from orchestra_rl.data.world import build_world, load_tasks
-from orchestra_rl.serve.experts import DONT_KNOW, start_experts, stop_experts
+from orchestra_rl.serve.experts import APP_NAME, DONT_KNOW, start_experts, stop_experts
+from orchestra_rl.tools.llm import LLMTool
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -30,7 +35,11 @@ def world_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_url(ray_local, world_dir):
     cfg = Config(data=DataConfig(experts={"oracle": _expert(1.0, output_tokens=100), "broken": _expert(0.0),
-                                          "coin": _expert(0.5)}),
+                                          "coin": _expert(0.5),
+                                          # ~2 s a call (latency_scale 0.01): calls are in flight when a replica dies
+                                          "slow": ExpertModelConfig(accuracy={f: 1.0 for f in FAMILIES},
+                                                                    latency_mean_s=200.0, latency_sigma=0.01,
+                                                                    output_tokens=40)}),
                  serve=ServeConfig(port=free_port(), latency_scale=0.01))
     assert ray.is_initialized()  # start_experts runs on the caller's Ray
     try:
@@ -71,7 +80,7 @@ def test_base_url(base_url):
 
 
 def test_models_are_listed(client):
-    assert sorted(m.id for m in client.models.list()) == ["broken", "coin", "oracle"]
+    assert sorted(m.id for m in client.models.list()) == ["broken", "coin", "oracle", "slow"]
 
 
 @pytest.mark.parametrize("model, accuracy", [("oracle", 1.0), ("broken", 0.0)])
@@ -133,3 +142,43 @@ def test_bad_requests(client):
         client.chat.completions.create(model="oracle", messages=[{"role": "system", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="streaming is not supported"):
         client.chat.completions.create(model="oracle", messages=[{"role": "user", "content": "hi"}], stream=True)
+
+
+def _replica_pids() -> list[int]:
+    """The experts' replica processes: workers of the Ray this session started (its descendants), which Ray
+    titles after the actor they run."""
+    return sorted(p.pid for p in psutil.Process().children(recursive=True)
+                  if _title(p).startswith(f"ray::ServeReplica:{APP_NAME}:"))
+
+
+def _title(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # exited meanwhile
+        return ""
+
+
+def test_a_killed_expert_replica_loses_no_call(base_url, tasks):
+    """One of the two replicas is SIGKILLed while eight tool calls wait on it and on the other: every call is
+    answered (a dropped one comes back as a 5xx, which the tool retries, and is routed to the live replica), and
+    Serve starts a replacement."""
+    before = _replica_pids()
+    assert len(before) == 2
+    tool = LLMTool("slow_expert", "an expert", model="slow", base_url=base_url, timeout_s=20, max_retries=4,
+                   backoff_s=0.2)
+
+    async def calls_while_killing():
+        calls = [asyncio.ensure_future(tool.run({"question": t.question})) for t in tasks[:8]]
+        await asyncio.sleep(0.7)  # all eight are in flight (each waits ~2 s on a replica)
+        os.kill(before[0], signal.SIGKILL)
+        results = await asyncio.gather(*calls)
+        await tool.close()
+        return results
+
+    results = asyncio.run(calls_while_killing())
+    assert [(r.error, r.text) for r in results] == [(None, f"The answer is {t.answer}.") for t in tasks[:8]]
+    assert max(r.latency_s for r in results) > 2.5  # some were retried after the kill
+    deadline = time.monotonic() + 90
+    while (after := _replica_pids()) and (len(after) < 2 or before[0] in after) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(after) == 2 and before[0] not in after and before[1] in after

@@ -71,10 +71,14 @@ def _run(command: str, cfg: Config) -> None:
             from orchestra_rl.eval.run import run_eval
 
             run_eval(cfg)
-        elif command == "bench":
+        elif command == "bench rollout":
             from orchestra_rl.bench.rollout import run_rollout_bench
 
             run_rollout_bench(cfg)
+        elif command == "bench sync":
+            from orchestra_rl.bench.sync import run_sync_bench
+
+            run_sync_bench(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("-m", "--multirun", action="store_true", help="Hydra sweep: key=a,b,c runs each value")
         command.add_argument("overrides", nargs="*")
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["rollout", "sandbox"])
+    bench.add_argument("which", choices=["rollout", "sandbox", "sync"])
     bench.add_argument("overrides", nargs="*")
     data = sub.add_parser("data", help="the task world")
     data.add_argument("action", choices=["build", "strategies"])
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_sandbox_bench(cfg)
     elif args.command in ("train", "sft", "eval", "config", "bench"):
-        _run(args.command, cfg)
+        _run(f"bench {args.which}" if args.command == "bench" else args.command, cfg)
     elif args.command == "sandbox":
         from orchestra_rl.tools.sandbox import sandbox_main
 

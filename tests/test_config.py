@@ -72,6 +72,9 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
     ("tools.tools.python.sandbox=docker",
      "config error: tools.tools.python.sandbox: unknown mode 'docker'; known: auto, cgroup1, userns"),
     ("bench.sandbox_runs=0", "config error: bench.sandbox_runs: must be > 0"),
+    ("bench.sync_hidden_sizes=[128,100]",
+     "config error: bench.sync_hidden_sizes: must be a non-empty list of multiples of model.head_dim (32)"),
+    ("serve.num_replicas=0", "config error: serve.num_replicas: must be >= 1"),
     ("learner.weight_sync=collective rollout.engine.tensor_parallel_size=2",
      "config error: learner.weight_sync: collective joins one process per engine"),
 ])

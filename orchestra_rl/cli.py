@@ -75,6 +75,10 @@ def _run(command: str, cfg: Config) -> None:
             from orchestra_rl.bench.rollout import run_rollout_bench
 
             run_rollout_bench(cfg)
+        elif command == "bench step":
+            from orchestra_rl.bench.step import run_step_bench
+
+            run_step_bench(cfg)
         elif command == "bench sync":
             from orchestra_rl.bench.sync import run_sync_bench
 
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("-m", "--multirun", action="store_true", help="Hydra sweep: key=a,b,c runs each value")
         command.add_argument("overrides", nargs="*")
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["rollout", "sandbox", "sync"])
+    bench.add_argument("which", choices=["rollout", "sandbox", "step", "sync"])
     bench.add_argument("overrides", nargs="*")
     data = sub.add_parser("data", help="the task world")
     data.add_argument("action", choices=["build", "strategies"])

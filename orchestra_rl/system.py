@@ -126,10 +126,11 @@ class System:
         """The tasks of `split` from every configured environment source (envs/sources.py)."""
         return load_tasks(self.cfg, self.world_dir, split)
 
-    def sync_weights(self) -> dict[str, float]:
-        """Push the learners' current policy into every rollout worker's engine; bytes and seconds."""
+    def sync_weights(self, version: int | None = None) -> dict[str, float]:
+        """Push the learners' current policy into every rollout worker's engine, as policy `version` (default:
+        the engines' next); bytes and seconds."""
         assert self._weight_sync is not None, "sync_weights needs System(..., rollout=True, learners=True)"
-        return self._weight_sync()
+        return self._weight_sync(version)
 
     @functools.cached_property
     def tokenizer(self):

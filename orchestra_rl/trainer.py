@@ -3,6 +3,10 @@
   warm start (SFT) → start rollout workers, tool executors, reward actor, learner group → evaluate →
   loop: sample tasks → rollouts → rewards → advantages → update → weight sync → log → checkpoint
   → evaluate again and compare.
+
+train.mode=async overlaps the loop with itself: the rollouts of the next max_staleness steps are in flight while
+a step trains (rollout/ahead.py); the loss's importance ratio is taken against the logprobs the tokens were
+sampled with, so the older weights that sampled them are corrected for.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from orchestra_rl.eval.report import print_comparison
 from orchestra_rl.eval.run import evaluate
 from orchestra_rl.learner.samples import make_train_samples_task
 from orchestra_rl.models.tiny import resolve_model_path
+from orchestra_rl.rollout.ahead import RolloutsAhead
 from orchestra_rl.system import System
 from orchestra_rl.tracking import Tracker
-from orchestra_rl.types import Task
 
 
 def scored_eval(system: System, cfg: Config, desc: str) -> dict[str, Any]:
@@ -104,44 +108,54 @@ def train(cfg: Config) -> dict[str, Any]:
             before_file.write_text(json.dumps(before))
 
         first = state["step"] if state else 0
+        if first:
+            system.rollout.set_policy_version(first)  # policy versions count steps (rollout/ahead.py)
+        ahead = RolloutsAhead(system.rollout, sampler, cfg.train.tasks_per_step, cfg.rollout.group_size,
+                              cfg.train.max_staleness if cfg.train.mode == "async" else 0, cfg.train.steps)
         bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
-        for step in bar:
-            t0 = time.perf_counter()
-            tasks: list[Task] = sampler.next(cfg.train.tasks_per_step)
-            # Only object references and metrics pass through the driver; the tokens stay in the object store.
-            rollouts = system.rollout.submit(tasks, cfg.rollout.group_size)
-            t1 = time.perf_counter()
-            scored, metrics = system.reward.score_rollouts.options(num_returns=2).remote(
-                rollouts, tasks, system.tool_names)
-            samples, sample_stats = make_train_samples_task.remote(scored, cfg.algo)
-            metrics = ray.get(metrics) | ray.get(sample_stats)
-            t2 = time.perf_counter()
-            if metrics["samples/kept"]:  # else every group was degenerate: no update, and the engines are current
-                metrics |= {f"learner/{k}": v for k, v in system.learners.update(samples).items()}
-                metrics["time/update_s"] = time.perf_counter() - t2
-                metrics |= {f"sync/{k}": v for k, v in system.sync_weights().items()}
-            metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1,
-                        "rollout/lost_workers": system.rollout.lost_workers,
-                        "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / (t1 - t0)}
-            tracker.log(metrics, step=step + 1)
-            with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not
-                log.write(json.dumps({"step": step + 1, "task_ids": [t.task_id for t in tasks]} | metrics) + "\n")
-            if step == first or (step + 1) % 10 == 0:
-                tracker.log_trajectories(ray.get(scored), step + 1, system.tokenizer)
-            bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}",
-                            outcome=f"{metrics.get('reward/outcome', 0.0):.3f}",
-                            cost=f"{metrics['rollout/cost_usd']:.5f}")
-            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                tracker.log_eval(scored_eval(system, cfg, f"eval at step {step + 1}"), step=step + 1)
-            if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
-                ckpt = checkpoint_dir(str(run_dir), step + 1)
-                system.learners.save_checkpoint(str(ckpt))
-                save_trainer_state(ckpt, step + 1, sampler.position, tracker.run_id)
+        loop_start = time.perf_counter()
+        with ahead:
+            for step in bar:
+                t0 = time.perf_counter()
+                # Only object references and metrics pass through the driver; the tokens stay in the object store.
+                tasks, rollouts, data_position = ahead.take(step, version=step)
+                t1 = time.perf_counter()
+                scored, metrics = system.reward.score_rollouts.options(num_returns=2).remote(
+                    rollouts, tasks, system.tool_names)
+                samples, sample_stats = make_train_samples_task.remote(scored, cfg.algo, step)
+                metrics = ray.get(metrics) | ray.get(sample_stats)
+                t2 = time.perf_counter()
+                if metrics["samples/kept"]:  # else every group was degenerate: no update, and the engines are current
+                    metrics |= {f"learner/{k}": v for k, v in system.learners.update(samples).items()}
+                    metrics["time/update_s"] = time.perf_counter() - t2
+                    metrics |= {f"sync/{k}": v for k, v in system.sync_weights(version=step + 1).items()}
+                else:  # the weights of version step + 1 are step's
+                    system.rollout.set_policy_version(step + 1)
+                metrics |= {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1,
+                            "rollout/lost_workers": system.rollout.lost_workers,
+                            "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / (t1 - t0)}
+                tracker.log(metrics, step=step + 1)
+                with open(run_dir / "steps.jsonl", "a") as log:  # a local record of every step, W&B or not
+                    log.write(json.dumps({"step": step + 1, "task_ids": [t.task_id for t in tasks]} | metrics) + "\n")
+                if step == first or (step + 1) % 10 == 0:
+                    tracker.log_trajectories(ray.get(scored), step + 1, system.tokenizer)
+                bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}",
+                                outcome=f"{metrics.get('reward/outcome', 0.0):.3f}",
+                                cost=f"{metrics['rollout/cost_usd']:.5f}")
+                if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                    tracker.log_eval(scored_eval(system, cfg, f"eval at step {step + 1}"), step=step + 1)
+                if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+                    ckpt = checkpoint_dir(str(run_dir), step + 1)
+                    system.learners.save_checkpoint(str(ckpt))
+                    save_trainer_state(ckpt, step + 1, data_position, tracker.run_id)
 
+        train_s = time.perf_counter() - loop_start
         after = scored_eval(system, cfg, "eval after")
         tracker.log_eval(after, step=cfg.train.steps)
     print_comparison(before, after)
-    report = {"before": before, "after": after, "model_path": model_path,
+    # train_s: the steps' wall time (this process's share of them, when resumed), evaluations excluded.
+    report = {"before": before, "after": after, "model_path": model_path, "train_s": train_s,
+              "steps": cfg.train.steps - first, "mode": cfg.train.mode,
               "checkpoint": str(latest_checkpoint(str(run_dir)) or "")}
     (run_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     print(f"report: {run_dir / 'train_report.json'}")

@@ -81,6 +81,7 @@ class Turn:
     finish_reason: str  # "tool_call" | "stop" | "length"
     calls: list[ToolCallRecord] = field(default_factory=list)
     parse_error: str | None = None
+    policy_version: int = 0  # the weights that sampled this turn (the number of weight syncs behind them)
 
 
 @dataclass
@@ -112,6 +113,11 @@ class Trajectory:
     @property
     def tool_calls(self) -> list[ToolCallRecord]:
         return [c for t in self.turns for c in t.calls]
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest weights that sampled any of its tokens (turns sampled after a weight sync are newer)."""
+        return min((t.policy_version for t in self.turns), default=0)
 
     @property
     def tool_cost_usd(self) -> float:

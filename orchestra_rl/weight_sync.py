@@ -149,7 +149,8 @@ class WeightSync:
         self.metadata: Metadata | None = None
         self.members: list = []
 
-    def __call__(self) -> dict[str, float]:
+    def __call__(self, version: int | None = None) -> dict[str, float]:
+        """One sync; the engines label what they sample afterwards with `version` (default: their next)."""
         import ray
 
         start = time.perf_counter()
@@ -157,7 +158,7 @@ class WeightSync:
             path = FileTransport.new_path()
             try:
                 sent = self.learners.send_weights(path)
-                ray.get([w.receive_weights.remote("receive_file", path) for w in self.rollout_workers])
+                ray.get([w.receive_weights.remote("receive_file", path, version=version) for w in self.rollout_workers])
             finally:
                 if os.path.exists(path):
                     os.remove(path)
@@ -165,7 +166,8 @@ class WeightSync:
             if self.metadata is None or self.members != self.rollout_workers:
                 self._form_group()
             # Both sides block in the same broadcasts: the receives must be in flight before the send.
-            receives = [w.receive_weights.remote("receive_broadcast", self.metadata) for w in self.rollout_workers]
+            receives = [w.receive_weights.remote("receive_broadcast", self.metadata, version=version)
+                        for w in self.rollout_workers]
             sent = self.learners.send_weights(None)
             ray.get(receives)
         return {"bytes": float(sent), "seconds": time.perf_counter() - start}

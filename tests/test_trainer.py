@@ -1,5 +1,5 @@
-"""End to end: `orchestra-rl train` (few steps, tiny sizes) for GRPO and PPO, checkpoints, and resume after the
-driver was killed."""
+"""End to end: `orchestra-rl train` (few steps, tiny sizes) for GRPO (asynchronous) and PPO (synchronous),
+checkpoints, and resume after the driver was killed."""
 
 import json
 import os
@@ -74,11 +74,16 @@ def steps(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def test_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resumes_each_step_once(cache_dir, tmp_path,
-                                                                                             sft_run):
+ASYNC = ("train.mode=async", "train.max_staleness=1")
+
+
+def test_async_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resumes_each_step_once(cache_dir, tmp_path,
+                                                                                                   sft_run):
+    """train.mode=async: the rollouts of step s + 1 run while step s trains. The data order, the checkpoints and a
+    resume are the synchronous loop's."""
     run_dir, policy = tmp_path / "grpo", sft_run[1]
     # Killed in step 4, after step 3 was logged; the last checkpoint is step 2's.
-    train_killed_after_step(3, cache_dir, run_dir, policy, "train.steps=4", "algo=grpo", "train.save_every=2")
+    train_killed_after_step(3, cache_dir, run_dir, policy, "train.steps=4", "algo=grpo", "train.save_every=2", *ASYNC)
     assert [s["step"] for s in steps(run_dir)] == [1, 2, 3]
     ckpt = run_dir / "checkpoints" / "step_000002"
     state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -89,7 +94,8 @@ def test_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resumes_each
     before = json.loads((run_dir / "eval_before.json").read_text())
 
     # Resumed at step 3: the interrupted run's record of step 3 is replaced, and each step is logged once.
-    proc = train(cache_dir, run_dir, policy, "train.steps=4", "algo=grpo", "train.save_every=2", "train.resume=true")
+    proc = train(cache_dir, run_dir, policy, "train.steps=4", "algo=grpo", "train.save_every=2", "train.resume=true",
+                 *ASYNC)
     assert "resuming from" in proc.stdout and "evaluation before → after training" in proc.stdout
     logged = steps(run_dir)
     assert [s["step"] for s in logged] == [1, 2, 3, 4]
@@ -110,12 +116,17 @@ def test_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resumes_each
         else:  # every group degenerate: no update, and no sync of unchanged weights
             assert not any(k.startswith(("learner/", "sync/")) for k in s)
     assert any(s["samples/kept"] for s in logged), "every group of every step had equal rewards"
+    # Bounded staleness, on the versions the engines recorded per turn: never above 1; and the overlap happened
+    # (some trajectory of a later step was sampled before the previous step's weights arrived).
+    assert all(0 <= s["samples/staleness_max"] <= 1 for s in logged)
+    assert max(s["samples/staleness_max"] for s in logged) == 1
     # The SFT policy calls tools: the batch metrics see them (not only parse errors).
     assert sum(v for s in logged for k, v in s.items() if k.startswith("tools/")) > 0
     assert list((run_dir / "wandb").glob("offline-run-*"))
 
     # A fresh run in the same folder starts its own log and checkpoints (a later resume must not find step 3).
-    train(cache_dir, run_dir, policy, "train.steps=1", "algo=grpo")
+    train(cache_dir, run_dir, policy, "train.steps=1", "algo=grpo")  # the synchronous loop: nothing runs ahead
+    assert steps(run_dir)[0]["samples/staleness_max"] == 0
     assert [s["step"] for s in steps(run_dir)] == [1]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000001"]
 
@@ -130,7 +141,7 @@ def _stream(cache_dir: str, n_steps: int):
 
 
 def test_ppo_train_runs_with_a_critic(cache_dir, tmp_path, sft_run):
-    """Also the collective weight sync in the driver loop (group formed at the first sync)."""
+    """The synchronous loop, and the collective weight sync in it (group formed at the first sync)."""
     run_dir = tmp_path / "ppo"
     train(cache_dir, run_dir, sft_run[1], "train.steps=1", "algo=ppo", "reward=absolute", "learner.weight_sync=collective")
     (logged,) = steps(run_dir)

@@ -252,6 +252,10 @@ class BenchConfig:
     # bench sync: policies of these hidden sizes (the tiny model's shape otherwise), each sync repeated this often
     sync_hidden_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])
     sync_repeats: int = 5
+    # bench step: one GRPO step of this system vs TRL's GRPOTrainer, this many prompts x rollout.group_size samples
+    step_prompts: int = 8
+    step_max_tokens: int = 64
+    step_steps: int = 5  # measured steps per system, after one warm-up step
     output_dir: str = "outputs/bench"
 
 
@@ -336,6 +340,10 @@ class TrainConfig:
     save_every: int = 10
     eval_every: int = 0  # 0: evaluate only before and after training
     eval_max_tasks: int = 0  # 0: the whole test split (64 tasks x group_size rollouts)
+    # sync: each step's rollouts start after the previous update reached the engines. async: rollouts of later
+    # steps run during the update, sampled by weights at most max_staleness versions (steps) old.
+    mode: str = "sync"
+    max_staleness: int = 1
     resume: bool = False
     output_dir: str = "outputs/train"
     wandb_project: str = "orchestra_rl"

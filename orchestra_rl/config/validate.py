@@ -119,6 +119,8 @@ def validate(cfg: Config) -> Config:
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: evaluate only before and after)")
+    _check(t.mode in ("sync", "async"), "train.mode", f"must be sync or async, got {t.mode!r}")
+    _check(t.max_staleness >= 0, "train.max_staleness", "must be >= 0 (0: on-policy, as train.mode=sync)")
     _check(t.wandb_mode in ("", "online", "offline", "disabled"), "train.wandb_mode",
            f"must be online, offline or disabled, got {t.wandb_mode!r}")
     _check(cfg.sft.num_demos > 0 and cfg.sft.epochs > 0 and cfg.sft.num_workers > 0, "sft",
@@ -126,7 +128,7 @@ def validate(cfg: Config) -> Config:
     _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _validate_env(cfg)
     for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency",
-                "sync_repeats"):
+                "sync_repeats", "step_prompts", "step_max_tokens", "step_steps"):
         _check(getattr(cfg.bench, key) > 0, f"bench.{key}", "must be > 0")
     _check(bool(cfg.bench.sync_hidden_sizes) and all(
         h > 0 and h % cfg.model.head_dim == 0 for h in cfg.bench.sync_hidden_sizes), "bench.sync_hidden_sizes",

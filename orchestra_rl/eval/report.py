@@ -158,4 +158,8 @@ def print_runs(runs: dict[str, dict[str, Any]], console: Console | None = None) 
             table.add_row(family if i == 0 else "", label, f"{s.get('reward', 0):.3f}", f"{s['accuracy']:.3f}",
                           f"{s['cost_usd']:.6f}", per_correct, _mix(s["tool_calls_per_trajectory"]),
                           end_section=i == len(runs) - 1)
-    (console or Console(width=160)).print(table)
+    console = console or Console(width=160)
+    console.print(table)
+    for label, report in runs.items():
+        if "train_s" in report:
+            console.print(f"{label}: {report['steps']} steps ({report['mode']}) in {report['train_s']:.0f} s")

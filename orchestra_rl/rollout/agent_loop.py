@@ -162,7 +162,7 @@ class AgentLoop:
             turn = Turn(text=gen.text, num_tokens=len(gen.token_ids),
                         finish_reason="length" if gen.finish_reason == "length" else
                         ("tool_call" if parsed.calls else "stop"),
-                        parse_error=parsed.error)
+                        parse_error=parsed.error, policy_version=gen.policy_version)
             record.turns.append(turn)
             user_message = None
             if parsed.error:

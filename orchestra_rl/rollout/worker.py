@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -11,7 +12,7 @@ from orchestra_rl.config import Config
 from orchestra_rl.envs.sources import make_environment
 from orchestra_rl.rollout.agent_loop import AgentLoop, Engine
 from orchestra_rl.rollout.chat import ChatFormat
-from orchestra_rl.rollout.engine import PolicyEngine
+from orchestra_rl.rollout.engine import Generation, PolicyEngine
 from orchestra_rl.rollout.parser import tool_call_regex
 from orchestra_rl.tools.base import Pricing
 from orchestra_rl.tools.executor import ToolPool
@@ -34,6 +35,7 @@ class RolloutWorker:
         from transformers import AutoTokenizer
 
         self.engine = PolicyEngine(model_path, cfg.rollout.engine, cfg.model.dtype)
+        self.sampling = {"temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p}
         chat = ChatFormat(AutoTokenizer.from_pretrained(model_path), cfg.rollout.system_prompt, tool_schemas)
         self.loop = make_agent_loop(cfg, self.engine, chat, executors)
 
@@ -48,15 +50,26 @@ class RolloutWorker:
         trajectories = await self.loop.run_batch(tasks, group_indices, lockstep=lockstep)
         return len(trajectories), trajectories
 
+    async def generate(self, prompts: list[list[int]], n: int, max_tokens: int) -> list[list[Generation]]:
+        """n single-turn samples of each prompt (no tools, no parsing: `bench step`), all in flight at once."""
+        samples = [self.engine.generate(p, max_tokens, **self.sampling) for p in prompts for _ in range(n)]
+        done = await asyncio.gather(*samples)
+        return [list(done[i:i + n]) for i in range(0, len(done), n)]
+
     def pid(self) -> int:
         """This worker's process (a fault test kills it)."""
         return os.getpid()
 
-    async def receive_weights(self, method: str, *args) -> dict[str, float]:
-        """Load new policy weights through `WeightReceiver.<method>` (orchestra_rl/weight_sync.py)."""
+    async def receive_weights(self, method: str, *args, version: int | None = None) -> dict[str, float]:
+        """Load new policy weights through `WeightReceiver.<method>` (orchestra_rl/weight_sync.py), as policy
+        `version` (default: the next), once the turns being generated finish on the old ones."""
         start = time.perf_counter()
-        n = await self.engine.load_weights(method, *args)
+        n = await self.engine.load_weights(method, *args, version=version)
         return {"tensors": n, "seconds": time.perf_counter() - start}
+
+    def set_policy_version(self, version: int) -> None:
+        """The version of the weights the engine started with (a resumed run's checkpoint step)."""
+        self.engine.gate.version = version
 
     async def join_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
         await self.engine.join_weight_sync(host, port, rank, world_size, backend)

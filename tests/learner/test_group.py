@@ -1,6 +1,7 @@
 """LearnerGroup over real Ray actors, gloo and FSDP2: N learners compute the update of one; PPO trains its critic;
 a checkpoint resumes exactly."""
 
+import dataclasses
 import math
 import time
 
@@ -159,3 +160,23 @@ def test_bf16_compute_updates_fp32_master_weights(make_config, tiny_model_path, 
     # Same update as in fp32 up to the gradients' bf16 noise: Adam's first step is lr * sign(gradient).
     agree = torch.sign(mixed[name] - initial[name]) == torch.sign(fp32[name] - initial[name])
     assert agree.float().mean() > 0.9
+
+
+def test_the_importance_ratio_is_taken_against_the_behaviour_logprobs(make_config, tiny_model_path, ray_local,
+                                                                      samples):
+    """Tokens sampled by older weights (train.mode=async) carry the logprobs those weights gave them: here each
+    is 0.5 above the current policy's, so every ratio is exp(-0.5), and the clip takes the tokens whose advantage
+    is negative (their ratio is below 1 - clip_low)."""
+    stale = [dataclasses.replace(s, old_logprobs=[lp + 0.5 * m for lp, m in zip(s.old_logprobs, s.loss_mask)])
+             for s in samples]
+    group = make_group(make_config, tiny_model_path, 1)
+    try:
+        metrics = group.update(stale)
+    finally:
+        group.shutdown()
+    ratio = math.exp(-0.5)
+    assert metrics["ratio_mean"] == pytest.approx(ratio, rel=1e-4)
+    assert metrics["ratio_max"] == pytest.approx(ratio, rel=1e-4)
+    assert metrics["approx_kl"] == pytest.approx(ratio - 1 + 0.5, rel=1e-3)
+    negative = sum(sum(s.loss_mask) for s in samples if s.advantage < 0) / sum(sum(s.loss_mask) for s in samples)
+    assert 0 < negative < 1 and metrics["clip_fraction"] == pytest.approx(negative, rel=1e-4)

@@ -111,7 +111,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if first:
             system.rollout.set_policy_version(first)  # policy versions count steps (rollout/ahead.py)
         ahead = RolloutsAhead(system.rollout, sampler, cfg.train.tasks_per_step, cfg.rollout.group_size,
-                              cfg.train.max_staleness if cfg.train.mode == "async" else 0, cfg.train.steps)
+                              cfg.train.max_staleness if cfg.train.mode == "async" else 0, first, cfg.train.steps)
         bar = tqdm(range(first, cfg.train.steps), desc="train", unit="step", initial=first, total=cfg.train.steps)
         loop_start = time.perf_counter()
         with ahead:

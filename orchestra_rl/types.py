@@ -81,7 +81,7 @@ class Turn:
     finish_reason: str  # "tool_call" | "stop" | "length"
     calls: list[ToolCallRecord] = field(default_factory=list)
     parse_error: str | None = None
-    policy_version: int = 0  # the weights that sampled this turn (the number of weight syncs behind them)
+    policy_version: int = 0  # the weights that sampled this turn: those after this many training steps
 
 
 @dataclass

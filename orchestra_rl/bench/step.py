@@ -64,9 +64,9 @@ def run_ours(cfg: Config, prompts: list[str]) -> dict[str, Any]:
     with System(cfg, learners=True) as system:
         prompt_ids = [system.tokenizer(p)["input_ids"] for p in prompts]
         workers = system.rollout.workers
+        shares = [list(range(len(prompts)))[w::len(workers)] for w in range(len(workers))]  # prompt indices
         for step in range(b.step_steps + 1):  # step 0 warms up (compilation, caches)
             start = time.perf_counter()
-            shares = [list(range(len(prompts)))[w::len(workers)] for w in range(len(workers))]
             calls = [(share, worker.generate.remote([prompt_ids[i] for i in share], group_size, b.step_max_tokens))
                      for worker, share in zip(workers, shares) if share]
             groups: list[list[Generation]] = [[] for _ in prompts]

@@ -22,21 +22,21 @@ from orchestra_rl.types import Task
 
 
 class RolloutsAhead:
+    """Steps `first`..`steps - 1`, each `take`n in order."""
+
     def __init__(self, manager: RolloutManager, sampler: TaskSampler, tasks_per_step: int, group_size: int,
-                 max_staleness: int, steps: int):
+                 max_staleness: int, first: int, steps: int):
         self.manager, self.sampler, self.steps = manager, sampler, steps
         self.tasks_per_step, self.group_size, self.max_staleness = tasks_per_step, group_size, max_staleness
         # A batch's submission blocks until its trajectories are done (the manager re-runs a dead worker's share):
         # one thread per batch in flight.
         self._pool = ThreadPoolExecutor(max_workers=max_staleness + 1, thread_name_prefix="rollouts-ahead")
         self._batches: dict[int, tuple[list[Task], int, Future]] = {}
-        self._next: int | None = None
+        self._next = first  # the next step whose batch is not in flight yet
 
     def take(self, step: int, version: int) -> tuple[list[Task], list[ray.ObjectRef], int]:
         """Step `step`'s tasks, its rollouts (object references, once all have finished) and the sampler position
         after its tasks; first every later batch that the bound admits at `version` is put in flight."""
-        if self._next is None:
-            self._next = step
         while self._next < self.steps and self._next <= version + self.max_staleness:
             tasks = self.sampler.next(self.tasks_per_step)
             future = self._pool.submit(self.manager.submit, tasks, self.group_size)

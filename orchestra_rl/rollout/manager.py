@@ -94,7 +94,8 @@ class RolloutManager:
         return self.workers[index % len(self.workers)]
 
     def set_policy_version(self, version: int) -> None:
-        """The version of the weights the engines hold now (a resumed run's step; see rollout/ahead.py)."""
+        """Label the engines' current weights `version` without loading any: a resumed run's first step, or the
+        step after one that updated nothing (rollout/ahead.py)."""
         ray.get([w.set_policy_version.remote(version) for w in self.workers])
 
     def _lose(self, worker, error: Exception) -> None:

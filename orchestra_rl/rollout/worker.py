@@ -68,7 +68,7 @@ class RolloutWorker:
         return {"tensors": n, "seconds": time.perf_counter() - start}
 
     def set_policy_version(self, version: int) -> None:
-        """The version of the weights the engine started with (a resumed run's checkpoint step)."""
+        """Label the engine's current weights `version` (RolloutManager.set_policy_version)."""
         self.engine.gate.version = version
 
     async def join_weight_sync(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:

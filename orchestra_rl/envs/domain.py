@@ -1,6 +1,9 @@
 """Function-call domains from a folder (envs/domain_files.py) as environments: a database per episode, the tools its
 schema defines, a user, and a grader with τ²-Bench's criteria.
 
+A domain's tools are derived from its schema (`run_tool`, in process: dict work), or are a code toolkit written by a
+model (envs/toolkit.py), each call of which runs in the python tool's sandbox on the episode's database.
+
 An episode is a conversation: the scripted user (envs/users.py) opens with the task's reason for calling, the
 policy calls the domain's tools (and may still ask a configured expert) or writes a message to the user, and it
 ends when the policy writes ###STOP###, the user stops, or the loop's budget runs out (graded 0). The grade is
@@ -24,7 +27,9 @@ from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, ca
                                     policy_prompt)
 from orchestra_rl.envs.domain_files import Domain, DomainTask
 from orchestra_rl.envs.qa import CallTool
+from orchestra_rl.envs.toolkit import run_toolkit
 from orchestra_rl.envs.users import STOP, ScriptedUser
+from orchestra_rl.tools.sandbox import SandboxLimits, check_sandbox
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 
 
@@ -63,6 +68,30 @@ def run_tool(domain: Domain, db: dict, name: str, arguments: dict[str, Any]) -> 
     raise ToolError(f"unknown tool {name!r}")  # unreachable for a name in domain.tools
 
 
+async def run_code_tools(domain: Domain, db: dict, calls: list[tuple[str, dict[str, Any]]],
+                         limits: SandboxLimits) -> tuple[dict, list[ToolResult]]:
+    """Calls of a code toolkit's tools, applied in order to a copy of `db` in the sandbox: the database after them,
+    and each call's result. A call refused by its schema does not run; a run that fails as a whole changes nothing
+    and is every call's error."""
+    results: list[ToolResult | None] = []
+    runnable: list[tuple[str, dict[str, Any]]] = []
+    for name, arguments in calls:
+        problem = domain.toolkit[name].check_arguments(arguments)
+        results.append(ToolResult(f"Error: {problem}", error=problem) if problem else None)
+        if not problem:
+            runnable.append((name, arguments))
+    if not runnable:
+        return db, results
+    run = await run_toolkit(domain.code, db, runnable, limits)
+    outcomes = iter(run.results if run.error is None else [{"error": run.error}] * len(runnable))
+    for i, result in enumerate(results):
+        if result is None:
+            outcome = next(outcomes)
+            results[i] = (ToolResult(outcome["text"]) if "text" in outcome
+                          else ToolResult(f"Error: {outcome['error']}", error=outcome["error"]))
+    return (db if run.error is not None else run.db), results
+
+
 def db_hash(db: dict) -> str:
     return hashlib.sha256(json.dumps(db, sort_keys=True).encode()).hexdigest()
 
@@ -93,13 +122,31 @@ class DomainEnvironment(Environment):
     final-answer ones: an episode ends by conversation)."""
 
     def __init__(self, name: str, source: EnvSourceConfig, domain: Domain, call_tool: CallTool,
-                 tool_schemas: list[dict], final_tools: set[str]):
-        self.name, self.domain, self.call_tool = name, domain, call_tool
+                 tool_schemas: list[dict], final_tools: set[str], sandbox: SandboxLimits | None = None):
+        if domain.toolkit is not None and sandbox is None:
+            raise ValueError(f"env.{name}: domain {domain.name!r} has a code toolkit, which runs only in a sandbox")
+        if sandbox is not None:
+            check_sandbox(sandbox.mode)  # SandboxUnavailable, saying what is missing, before any episode
+        self.name, self.domain, self.call_tool, self.sandbox = name, domain, call_tool, sandbox
         self.system_prompt = policy_prompt(source.system_prompt, domain.policy)
         self.tool_schemas = offered_tools(name, f"domain {domain.name!r}", list(domain.tools.values()), tool_schemas,
                                           final_tools)
         self.known_tools = {s["function"]["name"] for s in self.tool_schemas}
         self.tasks = {t.id: t for t in domain.tasks}
+        self._expected: dict[str, dict] = {}  # a task's golden final database, once replayed
+
+    async def expected_db(self, task: DomainTask) -> dict:
+        """The initial database with the task's golden actions applied."""
+        if task.id not in self._expected:
+            db = copy.deepcopy(self.domain.db)
+            if self.domain.toolkit is None:
+                for a in task.actions:
+                    run_tool(self.domain, db, a.name, dict(a.arguments))
+            else:
+                db, _ = await run_code_tools(self.domain, db, [(a.name, dict(a.arguments)) for a in task.actions],
+                                             self.sandbox)
+            self._expected[task.id] = db
+        return self._expected[task.id]
 
     async def reset(self, task: Task, group_index: int) -> Episode:
         return DomainEpisode(self, self.tasks[task.metadata["domain_task"]])
@@ -131,21 +178,24 @@ class DomainEpisode(Episode):
     async def _call(self, call: ToolCall) -> ToolResult:
         if call.name not in self.env.domain.tools:
             return await call_configured(call, self.env.known_tools, self.env.call_tool, self.opening)
-        try:  # microseconds of dict work: no thread needed
-            text = run_tool(self.env.domain, self.db, call.name, call.arguments)
-        except ToolError as e:
-            return ToolResult(f"Error: {e}", error=str(e))
-        self.called.append((call.name, call.arguments))
-        return ToolResult(text)
+        if self.env.domain.toolkit is not None:
+            self.db, (result,) = await run_code_tools(self.env.domain, self.db, [(call.name, call.arguments)],
+                                                      self.env.sandbox)
+        else:
+            try:  # microseconds of dict work: no thread needed
+                result = ToolResult(run_tool(self.env.domain, self.db, call.name, call.arguments))
+            except ToolError as e:
+                result = ToolResult(f"Error: {e}", error=str(e))
+        if result.error is None:
+            self.called.append((call.name, call.arguments))
+        return result
 
     def _end(self, termination: str) -> Observation:
         self.termination = termination
         return Observation(done=True)
 
     async def grade(self, stop_reason: str) -> Grade:
-        expected = copy.deepcopy(self.env.domain.db)
-        for a in self.task.actions:
-            run_tool(self.env.domain, expected, a.name, dict(a.arguments))
+        expected = await self.env.expected_db(self.task)
         said = " ".join(self.said).lower()
         checks = {
             "DB": db_hash(self.db) == db_hash(expected),

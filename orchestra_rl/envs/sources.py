@@ -22,6 +22,8 @@ from orchestra_rl.envs.domain import DomainEnvironment, domain_folder, load_doma
 from orchestra_rl.envs.domain import golden_turns as domain_golden_turns
 from orchestra_rl.envs.domain_files import Domain
 from orchestra_rl.envs.qa import CallTool, QAEnvironment
+from orchestra_rl.envs.toolkit import toolkit_limits
+from orchestra_rl.tools.sandbox import SandboxLimits
 from orchestra_rl.types import Task
 
 
@@ -86,6 +88,14 @@ def golden_turns(cfg: Config, task: Task) -> list[str] | None:
     return None
 
 
+def domain_sandbox(cfg: Config, domain: Domain) -> SandboxLimits | None:
+    """The sandbox limits a domain's code toolkit runs under: the python tool's (None: no code toolkit)."""
+    if domain.toolkit is None:
+        return None
+    python = next((t for t in cfg.tools.tools.values() if t.kind == "python"), None)
+    return toolkit_limits(python)
+
+
 class EnvironmentMix(Environment):
     """Each task goes to the environment of its source (Task.env)."""
 
@@ -108,8 +118,9 @@ def make_environment(cfg: Config, call_tool: CallTool, tool_schemas: list[dict])
         if source.kind == "qa":
             environments[name] = QAEnvironment(call_tool, final_tool_names(cfg))
         elif source.kind == "domain":
-            environments[name] = DomainEnvironment(name, source, load_domain(cfg, source), call_tool, tool_schemas,
-                                                   final_tool_names(cfg))
+            domain = load_domain(cfg, source)
+            environments[name] = DomainEnvironment(name, source, domain, call_tool, tool_schemas,
+                                                   final_tool_names(cfg), domain_sandbox(cfg, domain))
         else:
             from orchestra_rl.envs.tau2 import Tau2Environment
 

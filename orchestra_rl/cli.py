@@ -85,6 +85,26 @@ def _run(command: str, cfg: Config) -> None:
             run_sync_bench(cfg)
 
 
+def _synthesize(cfg: Config) -> int:
+    """`data synthesize`: ToolScale domains from synth.llm into synth.output_dir (data/toolscale/)."""
+    from orchestra_rl.config import ConfigError
+    from orchestra_rl.data.toolscale.pipeline import print_summary, synthesize
+    from orchestra_rl.system import ray_session
+    from orchestra_rl.tools.sandbox import SandboxUnavailable
+
+    from orchestra_rl.config.validate import check_synth_endpoint
+
+    try:
+        check_synth_endpoint(cfg)  # before Ray starts
+        with ray_session(cfg):
+            out = synthesize(cfg)
+    except (ConfigError, FileExistsError, SandboxUnavailable) as e:
+        print(f"synthesize: {e}", file=sys.stderr)
+        return 2
+    print_summary(out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestra-rl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("which", choices=["rollout", "sandbox", "step", "sync"])
     bench.add_argument("overrides", nargs="*")
     data = sub.add_parser("data", help="the task world")
-    data.add_argument("action", choices=["build", "strategies"])
+    data.add_argument("action", choices=["build", "strategies", "synthesize"])
     data.add_argument("overrides", nargs="*")
     report = sub.add_parser("report", help="compare train runs side by side (their train_report.json)")
     report.add_argument("paths", nargs="+", help="train_report.json files or folders holding them (multirun/...)")
@@ -137,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             print("sandbox: no tool named 'python' of kind python in tools.tools, whose limits to use", file=sys.stderr)
             return 2
         return sandbox_main(args.code, python_tool)
+    elif args.command == "data" and args.action == "synthesize":
+        return _synthesize(cfg)
     elif args.command == "data":
         from orchestra_rl.data.world import build_world
 

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import ray
@@ -35,6 +35,7 @@ class OpenAIStub:
     base_url: str = ""
     answer: str = "42"
     script: list[str] = field(default_factory=list)  # if set, call k answers script[k-1] (then its last line)
+    responder: Callable[[dict], str] | None = None  # if set, the answer to a request body (recorded answers)
     prompt_tokens: int = 1000
     completion_tokens: int = 500
     fail_first: int = 0  # the first k calls answer `fail_status`
@@ -79,8 +80,9 @@ def make_stub_app(stub: OpenAIStub) -> FastAPI:
         if call <= stub.not_json_first:
             return Response('{"id": "chatcmpl-cut", "choi', media_type="application/json")
         choices = [] if stub.empty_choices else [
-            {"index": 0, "message": {"role": "assistant", "content": stub.script[min(call, len(stub.script)) - 1]
-                                     if stub.script else stub.answer}, "finish_reason": "stop"}
+            {"index": 0, "message": {"role": "assistant", "content": stub.responder(body) if stub.responder
+                                     else stub.script[min(call, len(stub.script)) - 1] if stub.script
+                                     else stub.answer}, "finish_reason": "stop"}
         ]
         return JSONResponse({
             "id": f"chatcmpl-{call}",

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from orchestra_rl.config.schema import (
     DEFAULT_CACHE, ENV_KINDS, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, AlgoConfig, BenchConfig,
     ClusterConfig, Config, DataConfig, EndpointConfig, EngineConfig, EnvSourceConfig, EvalConfig, ExpertModelConfig, LearnerConfig,
-    ModelConfig, RewardConfig, RolloutConfig, ServeConfig, SFTConfig, ToolConfig, ToolsConfig, TrainConfig,
+    ModelConfig, RewardConfig, RolloutConfig, ServeConfig, SFTConfig, SynthConfig, ToolConfig, ToolsConfig, TrainConfig,
     UserConfig, env_sources, final_tool_names,
 )
 from orchestra_rl.config.validate import ConfigError, validate
@@ -25,7 +25,7 @@ __all__ = [
     "CONF_DIR", "DEFAULT_CACHE", "ENV_KINDS", "TASK_FAMILIES", "TAU2_DOMAINS", "TOOL_KINDS", "USER_KINDS",
     "AlgoConfig", "BenchConfig", "ClusterConfig", "Config", "ConfigError", "DataConfig", "EndpointConfig", "EngineConfig",
     "EnvSourceConfig", "EvalConfig", "ExpertModelConfig", "LearnerConfig", "ModelConfig", "RewardConfig",
-    "RolloutConfig", "SFTConfig", "ServeConfig", "ToolConfig", "ToolsConfig", "TrainConfig", "UserConfig",
+    "RolloutConfig", "SFTConfig", "ServeConfig", "SynthConfig", "ToolConfig", "ToolsConfig", "TrainConfig", "UserConfig",
     "as_plain", "describe_error", "env_sources", "final_tool_names", "load_config", "register_configs", "to_config",
     "validate",
 ]

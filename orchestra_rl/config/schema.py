@@ -208,6 +208,27 @@ class EnvSourceConfig:
 
 
 @dataclass
+class SynthConfig:
+    """`orchestra-rl data synthesize` (data/toolscale/): ToolScale's stages over an OpenAI-compatible model."""
+
+    llm: EndpointConfig = field(default_factory=EndpointConfig)  # the model that writes the domains
+    max_tokens: int = 4096  # of each answer
+    max_attempts: int = 3  # per item: an answer that fails validation is asked again, with the reason
+    num_domains: int = 2
+    topics: list[str] = field(default_factory=list)  # hints for the domain ideas; empty: the model's choice
+    records_per_entity: int = 6
+    intents_per_domain: int = 4
+    tasks_per_intent: int = 2
+    evolve: bool = True  # ask for a harder variant of every task
+    test_fraction: float = 0.25
+    near_duplicate: float = 0.7  # word-set Jaccard of two scenarios with the same golden actions: one is dropped
+    seed: int = 0  # sent with every request (and so part of its cache key); orders the splits
+    num_cpus_per_call: float = 0.25  # each item is a Ray task: mostly waiting on the model
+    output_dir: str = "outputs/toolscale"
+    cache_dir: str = DEFAULT_CACHE + "/toolscale"  # every answer by its request: a rerun pays nothing twice
+
+
+@dataclass
 class ServeConfig:
     """Ray Serve application that hosts the simulated experts behind an OpenAI-compatible API."""
 
@@ -367,6 +388,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     # The environments tasks come from (envs/), by name; several mix in one run. Empty: the QA world alone.
     env: dict[str, EnvSourceConfig] = field(default_factory=dict)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     seed: int = 0
 
 

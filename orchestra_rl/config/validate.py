@@ -135,7 +135,25 @@ def validate(cfg: Config) -> Config:
         f"must be a non-empty list of multiples of model.head_dim ({cfg.model.head_dim})")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
+    _validate_synth(cfg)
     return cfg
+
+
+def _validate_synth(cfg: Config) -> None:
+    s = cfg.synth
+    for key in ("max_tokens", "max_attempts", "num_domains", "records_per_entity", "intents_per_domain",
+                "tasks_per_intent"):
+        _check(getattr(s, key) > 0, f"synth.{key}", f"must be > 0, got {getattr(s, key)}")
+    _check(0 <= s.test_fraction < 1, "synth.test_fraction", f"must be in [0, 1), got {s.test_fraction}")
+    _check(0 < s.near_duplicate <= 1, "synth.near_duplicate", f"must be in (0, 1], got {s.near_duplicate}")
+    _check(s.num_cpus_per_call > 0, "synth.num_cpus_per_call", "must be > 0")
+    for p in ("price_in_per_mtok", "price_out_per_mtok"):
+        _check(getattr(s.llm, p) >= 0, f"synth.llm.{p}", "must be >= 0")
+
+
+def check_synth_endpoint(cfg: Config) -> None:
+    """`data synthesize` needs a model: checked when it runs, as no other command does."""
+    _check_endpoint(cfg.synth.llm, "synth.llm", "synthesis")
 
 
 def _validate_env(cfg: Config) -> None:

@@ -86,9 +86,9 @@ def _run(command: str, cfg: Config) -> None:
 
 
 def _synthesize(cfg: Config) -> int:
-    """`data synthesize`: ToolScale domains from synth.llm into synth.output_dir (data/toolscale/)."""
+    """`data synthesize`: ToolScale domains from synth.llm into synth.output_dir (toolscale/)."""
     from orchestra_rl.config import ConfigError
-    from orchestra_rl.data.toolscale.pipeline import print_summary, synthesize
+    from orchestra_rl.toolscale.pipeline import print_summary, synthesize
     from orchestra_rl.system import ray_session
     from orchestra_rl.tools.sandbox import SandboxUnavailable
 

@@ -208,22 +208,19 @@ class EnvSourceConfig:
 
 
 @dataclass
-class SynthConfig:
-    """`orchestra-rl data synthesize` (data/toolscale/): ToolScale's stages over an OpenAI-compatible model."""
-
+class SynthConfig:  # `orchestra-rl data synthesize` (toolscale/, docs/toolscale.md)
     llm: EndpointConfig = field(default_factory=EndpointConfig)  # the model that writes the domains
     max_tokens: int = 4096  # of each answer
     max_attempts: int = 3  # per item: an answer that fails validation is asked again, with the reason
     num_domains: int = 2
     topics: list[str] = field(default_factory=list)  # hints for the domain ideas; empty: the model's choice
-    records_per_entity: int = 6
+    records_per_entity: int = 6  # asked for; the model may write a few more or fewer
     intents_per_domain: int = 4
     tasks_per_intent: int = 2
     evolve: bool = True  # ask for a harder variant of every task
-    test_fraction: float = 0.25
+    test_fraction: float = 0.25  # of the tasks (a variant with its base task)
     near_duplicate: float = 0.7  # word-set Jaccard of two scenarios with the same golden actions: one is dropped
     seed: int = 0  # sent with every request (and so part of its cache key); orders the splits
-    num_cpus_per_call: float = 0.25  # each item is a Ray task: mostly waiting on the model
     output_dir: str = "outputs/toolscale"
     cache_dir: str = DEFAULT_CACHE + "/toolscale"  # every answer by its request: a rerun pays nothing twice
 

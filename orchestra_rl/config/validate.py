@@ -146,7 +146,6 @@ def _validate_synth(cfg: Config) -> None:
         _check(getattr(s, key) > 0, f"synth.{key}", f"must be > 0, got {getattr(s, key)}")
     _check(0 <= s.test_fraction < 1, "synth.test_fraction", f"must be in [0, 1), got {s.test_fraction}")
     _check(0 < s.near_duplicate <= 1, "synth.near_duplicate", f"must be in (0, 1], got {s.near_duplicate}")
-    _check(s.num_cpus_per_call > 0, "synth.num_cpus_per_call", "must be > 0")
     for p in ("price_in_per_mtok", "price_out_per_mtok"):
         _check(getattr(s.llm, p) >= 0, f"synth.llm.{p}", "must be >= 0")
 

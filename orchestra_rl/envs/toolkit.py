@@ -1,5 +1,5 @@
 """A domain's code toolkit: Python functions over its database, written by a model (ToolScale synthesis,
-data/toolscale/) and so untrusted. It is only ever run inside the python tool's sandbox (tools/sandbox.py).
+toolscale/) and so untrusted. It is only ever run inside the python tool's sandbox (tools/sandbox.py).
 
     tools.py    def <tool>(db, <arguments>): returns a JSON-able result; a write tool changes `db` in place
     tools.json  [{"name", "description", "parameters": <a JSON schema object>, "writes": bool}]

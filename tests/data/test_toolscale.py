@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from orchestra_rl.config import RolloutConfig, load_config
-from orchestra_rl.data.toolscale.pipeline import synthesize
+from orchestra_rl.toolscale.pipeline import synthesize
 from orchestra_rl.envs.sources import golden_turns, load_tasks, make_environment
 from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat

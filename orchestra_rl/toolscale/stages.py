@@ -1,4 +1,4 @@
-"""The stages of ToolScale synthesis, each one validated model answer per item (data/toolscale/llm.py `ask`):
+"""The stages of ToolScale synthesis, each one validated model answer per item (toolscale/llm.py `ask`):
 
     ideas      the run            → domains to build: a name and a description each
     schema     a domain           → its entities (domain.json) and the policy its agent must follow
@@ -10,7 +10,7 @@
     evolve     a task             → a harder variant of it
 
 What a check refuses is shown to the model, which answers again (synth.max_attempts in all). Whether a task's
-golden actions really solve it is the execution filter's question (data/toolscale/replay.py), not a stage's.
+golden actions really solve it is the execution filter's question (toolscale/replay.py), not a stage's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestra_rl.config import SynthConfig
-from orchestra_rl.data.toolscale.llm import Asked, SynthLLM, ask
+from orchestra_rl.toolscale.llm import Asked, SynthLLM, ask
 from orchestra_rl.envs.domain_files import (Action, DomainError, DomainSchema, EntitySpec, ToolSpec, UserScenario,
                                             check_db)
 from orchestra_rl.envs.toolkit import run_toolkit

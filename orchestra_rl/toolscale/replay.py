@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from orchestra_rl.data.toolscale.stages import DomainDraft, TaskDraft
+from orchestra_rl.toolscale.stages import DomainDraft, TaskDraft
 from orchestra_rl.envs.domain import db_hash
 from orchestra_rl.envs.domain_files import DomainError, DomainSchema, check_db
 from orchestra_rl.envs.toolkit import ToolkitRun, run_toolkit

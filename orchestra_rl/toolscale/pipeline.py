@@ -1,4 +1,4 @@
-"""`orchestra-rl data synthesize`: the stages (data/toolscale/stages.py) over every domain, each item a Ray task,
+"""`orchestra-rl data synthesize`: the stages (toolscale/stages.py) over every domain, each item a Ray task,
 then the execution filter (replay.py) per domain, and the output: one domain folder per domain in the format the
 environment role loads (envs/domain_files.py, with a code toolkit), the tasks as a `datasets`-loadable dataset, and
 a dataset card with the yield of every stage, the reasons items were dropped and the dollars spent."""
@@ -19,15 +19,16 @@ from tqdm import tqdm
 
 from orchestra_rl.config import Config, SynthConfig
 from orchestra_rl.config.validate import check_synth_endpoint
-from orchestra_rl.data.toolscale import stages
-from orchestra_rl.data.toolscale.llm import Spend, SynthLLM
-from orchestra_rl.data.toolscale.replay import Filtered, replay_filter
-from orchestra_rl.data.toolscale.stages import DomainDraft, StageResult, TaskDraft
+from orchestra_rl.toolscale import stages
+from orchestra_rl.toolscale.llm import Spend, SynthLLM
+from orchestra_rl.toolscale.replay import Filtered, replay_filter
+from orchestra_rl.toolscale.stages import DomainDraft, StageResult, TaskDraft
 from orchestra_rl.envs.domain_files import Domain
 from orchestra_rl.envs.toolkit import toolkit_limits
 from orchestra_rl.tools.sandbox import SandboxLimits, check_sandbox
 
 CARD = "card.json"
+CPUS_PER_ITEM = 0.25  # an item's Ray task mostly waits on the model: several share a core
 
 
 @ray.remote
@@ -78,7 +79,7 @@ class Synthesis:
 
     def stage(self, name: str, items: list[Any], label=lambda item: "") -> list[Any]:
         """Run stage `name` on every item as a Ray task: the items it produced, in order; the drops counted."""
-        refs = [_stage_task.options(num_cpus=self.cfg.num_cpus_per_call).remote(name, self.cfg, item, self.limits)
+        refs = [_stage_task.options(num_cpus=CPUS_PER_ITEM).remote(name, self.cfg, item, self.limits)
                 for item in items]
         y = self.yields.setdefault(name, StageYield())
         out: list[Any] = []
@@ -104,7 +105,7 @@ class Synthesis:
         evolved = self.stage("evolve", [(by_name[t.domain], t) for t in base],
                              lambda item: f"{item[1].domain}/{item[1].id}") if self.cfg.evolve else []
         per_domain = {d.name: [t for t in base + evolved if t.domain == d.name] for d in drafts}
-        refs = [_filter_task.options(num_cpus=self.cfg.num_cpus_per_call).remote(
+        refs = [_filter_task.options(num_cpus=CPUS_PER_ITEM).remote(
             by_name[name], tasks, self.limits, self.cfg.near_duplicate) for name, tasks in per_domain.items()]
         y = self.yields["filter"] = StageYield()
         kept: dict[str, list[TaskDraft]] = {}

@@ -49,13 +49,14 @@ def _run(command: str, cfg: Config) -> None:
 
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return
+    from orchestra_rl.config import ConfigError
     from orchestra_rl.envs.domain_files import DomainError
     from orchestra_rl.envs.sources import check_sources
     from orchestra_rl.system import ray_session
 
     try:
-        check_sources(cfg)  # a bad domain folder is one line, before any actor starts
-    except DomainError as e:
+        check_sources(cfg)  # a bad domain folder or benchmark file is one line, before any actor starts
+    except (DomainError, ConfigError) as e:
         print(f"environment error: {e}", file=sys.stderr)
         sys.exit(2)
     with ray_session(cfg):  # the one owner of Ray's lifetime: every role below runs inside it

@@ -13,16 +13,18 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from orchestra_rl.config.env import (
+    BENCHMARK_LAYOUTS, ENV_KINDS, TAU2_DOMAINS, USER_KINDS, EndpointConfig, EnvSourceConfig, UserConfig,
+)
 from orchestra_rl.config.schema import (
-    DEFAULT_CACHE, ENV_KINDS, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, AlgoConfig, BenchConfig,
-    ClusterConfig, Config, DataConfig, EndpointConfig, EngineConfig, EnvSourceConfig, EvalConfig, ExpertModelConfig, LearnerConfig,
-    ModelConfig, RewardConfig, RolloutConfig, ServeConfig, SFTConfig, SynthConfig, ToolConfig, ToolsConfig, TrainConfig,
-    UserConfig, env_sources, final_tool_names,
+    DEFAULT_CACHE, TASK_FAMILIES, TOOL_KINDS, AlgoConfig, BenchConfig, ClusterConfig, Config, DataConfig,
+    EngineConfig, EvalConfig, ExpertModelConfig, LearnerConfig, ModelConfig, RewardConfig, RolloutConfig, ServeConfig,
+    SFTConfig, SynthConfig, ToolConfig, ToolsConfig, TrainConfig, env_sources, final_tool_names,
 )
 from orchestra_rl.config.validate import ConfigError, validate
 
 __all__ = [
-    "CONF_DIR", "DEFAULT_CACHE", "ENV_KINDS", "TASK_FAMILIES", "TAU2_DOMAINS", "TOOL_KINDS", "USER_KINDS",
+    "BENCHMARK_LAYOUTS", "CONF_DIR", "DEFAULT_CACHE", "ENV_KINDS", "TASK_FAMILIES", "TAU2_DOMAINS", "TOOL_KINDS", "USER_KINDS",
     "AlgoConfig", "BenchConfig", "ClusterConfig", "Config", "ConfigError", "DataConfig", "EndpointConfig", "EngineConfig",
     "EnvSourceConfig", "EvalConfig", "ExpertModelConfig", "LearnerConfig", "ModelConfig", "RewardConfig",
     "RolloutConfig", "SFTConfig", "ServeConfig", "SynthConfig", "ToolConfig", "ToolsConfig", "TrainConfig", "UserConfig",

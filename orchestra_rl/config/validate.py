@@ -4,9 +4,10 @@ trusts it; only facts of the running machine (an environment variable, a folder 
 
 from __future__ import annotations
 
-from orchestra_rl.config.schema import (
-    ENV_KINDS, NL_ASSERTION_MODES, SANDBOX_MODES, TASK_FAMILIES, TAU2_DOMAINS, TOOL_KINDS, USER_KINDS, Config, EndpointConfig,
+from orchestra_rl.config.env import (
+    BENCHMARK_LAYOUTS, ENV_KINDS, NL_ASSERTION_MODES, TAU2_DOMAINS, USER_KINDS, EndpointConfig, EnvSourceConfig,
 )
+from orchestra_rl.config.schema import SANDBOX_MODES, TASK_FAMILIES, TOOL_KINDS, Config
 
 
 class ConfigError(ValueError):
@@ -162,6 +163,8 @@ def _validate_env(cfg: Config) -> None:
         _check(e.max_tasks >= 0, f"{key}.max_tasks", "must be >= 0 (0: all)")
         _check(e.kind != "domain" or e.user.kind == "scripted", f"{key}.user.kind",
                f"a domain folder has the scripted user only, got {e.user.kind!r}")
+        if e.kind == "benchmark":
+            _validate_benchmark(e, key)
         if e.kind != "tau2":
             continue
         _check(e.domain in TAU2_DOMAINS, f"{key}.domain",
@@ -174,6 +177,15 @@ def _validate_env(cfg: Config) -> None:
                f"unknown mode {e.nl_assertions!r}; known: {', '.join(NL_ASSERTION_MODES)}")
         if e.judge.model or e.judge.base_url or e.nl_assertions == "all":
             _check_endpoint(e.judge, f"{key}.judge", "an NL-assertion judge")
+
+
+def _validate_benchmark(e: EnvSourceConfig, key: str) -> None:
+    _check(any(e.data_files.values()), f"{key}.data_files",
+           "a benchmark needs its files, e.g. data_files.test=/path/to/hle.parquet")
+    _check(e.layout in BENCHMARK_LAYOUTS, f"{key}.layout",
+           f"unknown layout {e.layout!r}; known: {', '.join(BENCHMARK_LAYOUTS)}")
+    if e.judge.model or e.judge.base_url:
+        _check_endpoint(e.judge, f"{key}.judge", "an answer judge")
 
 
 def _check_endpoint(e: EndpointConfig, key: str, what: str) -> None:

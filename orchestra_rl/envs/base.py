@@ -18,9 +18,11 @@ rendered by the chat template and masked out (rollout/chat.py).
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestra_rl.config import EndpointConfig
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 
 
@@ -97,3 +99,14 @@ async def call_configured(call: ToolCall, known: set[str], call_tool: Any, task_
         return ToolResult(f"Error: unknown tool {call.name!r}; known tools: {', '.join(sorted(known))}",
                           error=f"unknown tool {call.name!r}")
     return await call_tool(call.name, call.arguments, task_text)
+
+
+def endpoint_api_key(endpoint: EndpointConfig, key: str) -> str:
+    """The key of an endpoint the environment calls (its `api_key_env`), "EMPTY" for a keyless local server; a
+    variable that is not set is an error naming `key`, raised before any episode starts."""
+    if not endpoint.api_key_env:
+        return "EMPTY"
+    api_key = os.environ.get(endpoint.api_key_env, "")
+    if not api_key:
+        raise ValueError(f"{key}.api_key_env: the environment variable {endpoint.api_key_env} is not set")
+    return api_key

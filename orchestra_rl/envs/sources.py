@@ -2,7 +2,7 @@
 
     load_tasks(cfg, world_dir, split)     the tasks of every configured source, each tagged with its source
     environment_tool_names(cfg)           the tools the environments add (a τ²-Bench domain's, a domain folder's)
-    check_sources(cfg)                    domain folders load (before any actor starts)
+    check_sources(cfg)                    domain folders and benchmark files load (before any actor starts)
     make_environment(cfg, call_tool, …)   one Environment that runs each task in its source's environment
 
 Several sources mix in one run (the QA world of `data` and τ²-Bench retail, say); with none configured, the QA
@@ -16,8 +16,10 @@ import functools
 from pathlib import Path
 
 from orchestra_rl.config import Config, EnvSourceConfig, env_sources, final_tool_names
+from orchestra_rl.data.benchmarks import load_benchmark_tasks
 from orchestra_rl.data.world import load_tasks as load_world_tasks
 from orchestra_rl.envs.base import Environment, Episode
+from orchestra_rl.envs.benchmark import BenchmarkEnvironment
 from orchestra_rl.envs.domain import DomainEnvironment, domain_folder, load_domain_tasks
 from orchestra_rl.envs.domain import golden_turns as domain_golden_turns
 from orchestra_rl.envs.domain_files import Domain
@@ -38,11 +40,14 @@ def load_domain(cfg: Config, source: EnvSourceConfig) -> Domain:
 
 
 def check_sources(cfg: Config) -> None:
-    """What can be checked of the sources before any actor starts: every domain folder loads (a bad one is a
-    DomainError naming the file and the field)."""
-    for source in env_sources(cfg).values():
+    """What can be checked of the sources before any actor starts: every domain folder and benchmark file loads (a
+    bad one is an error naming the file and the field)."""
+    for name, source in env_sources(cfg).items():
         if source.kind == "domain":
             load_domain(cfg, source)
+        elif source.kind == "benchmark":
+            for split in source.data_files:
+                load_benchmark_tasks(name, source, split)  # a split without a file: no tasks
 
 
 def load_tasks(cfg: Config, world_dir: str | Path, split: str) -> list[Task]:
@@ -53,6 +58,8 @@ def load_tasks(cfg: Config, world_dir: str | Path, split: str) -> list[Task]:
             tasks += [dataclasses.replace(t, env=name) for t in qa[:source.max_tasks or None]]
         elif source.kind == "domain":
             tasks += load_domain_tasks(name, load_domain(cfg, source), split)[:source.max_tasks or None]
+        elif source.kind == "benchmark":
+            tasks += load_benchmark_tasks(name, source, split)[:source.max_tasks or None]
         else:
             from orchestra_rl.envs.tau2 import load_tau2_tasks
 
@@ -117,6 +124,8 @@ def make_environment(cfg: Config, call_tool: CallTool, tool_schemas: list[dict])
     for name, source in env_sources(cfg).items():
         if source.kind == "qa":
             environments[name] = QAEnvironment(call_tool, final_tool_names(cfg))
+        elif source.kind == "benchmark":
+            environments[name] = BenchmarkEnvironment(name, source, call_tool, final_tool_names(cfg))
         elif source.kind == "domain":
             domain = load_domain(cfg, source)
             environments[name] = DomainEnvironment(name, source, domain, call_tool, tool_schemas,

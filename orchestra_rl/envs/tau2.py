@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestra_rl.config import EnvSourceConfig, UserConfig
-from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, call_configured, offered_tools,
-                                    policy_prompt)
+from orchestra_rl.envs.base import (Environment, Episode, Grade, Observation, call_configured, endpoint_api_key,
+                                    offered_tools, policy_prompt)
 from orchestra_rl.envs.qa import CallTool
-from orchestra_rl.envs.tau2_models import LLMUser, endpoint_api_key, install_judge, judging, new_usage
+from orchestra_rl.envs.tau2_models import LLMUser, install_judge, judging, new_usage
 from orchestra_rl.envs.users import STOP, ScriptedUser
 from orchestra_rl.types import Task, ToolCall, ToolCallRecord, ToolResult
 

@@ -5,23 +5,11 @@ calls, tokens and $ are counted per episode, never charged to the orchestrator."
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from typing import Any, Iterator
 
 from orchestra_rl.config import EndpointConfig, UserConfig
 from orchestra_rl.tools.base import Pricing
-
-
-def endpoint_api_key(endpoint: EndpointConfig, key: str) -> str:
-    """The key of an endpoint the environment calls (its `api_key_env`), "EMPTY" for a keyless local server; a
-    variable that is not set is an error naming `key`, raised before any episode starts."""
-    if not endpoint.api_key_env:
-        return "EMPTY"
-    api_key = os.environ.get(endpoint.api_key_env, "")
-    if not api_key:
-        raise ValueError(f"{key}.api_key_env: the environment variable {endpoint.api_key_env} is not set")
-    return api_key
 
 
 def litellm_args(endpoint: EndpointConfig, api_key: str) -> dict[str, Any]:

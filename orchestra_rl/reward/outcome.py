@@ -66,6 +66,21 @@ VERIFIERS: dict[str, Verifier] = {
 }
 
 
+def choice_match(prediction: str, gold: str) -> float:
+    """A multiple-choice answer: the letter chosen ("B", "(b)", "B. Paris", "Answer: B") against the gold letter."""
+    def letter(text: str) -> str | None:
+        text = re.sub(r"^\s*(?:the )?(?:final )?answer(?: is)?\s*:?\s*", "", text.strip(), flags=re.IGNORECASE)
+        found = re.match(r"\(?([A-Za-z])\)?(?=$|[\s.):,])", text)
+        return found.group(1).upper() if found else None
+
+    chosen, right = letter(prediction), letter(gold)
+    return float(chosen is not None and chosen == right)
+
+
+# Verifier per benchmark answer type (HLE's `answer_type`; FRAMES answers are exactMatch).
+ANSWER_TYPE_VERIFIERS: dict[str, Verifier] = {"exactMatch": numeric_match, "multipleChoice": choice_match}
+
+
 def answer_score(prediction: str | None, gold: str, family: str) -> float:
     """o ∈ [0, 1] of `prediction` by the rules of its task family. No answer scores 0."""
     if prediction is None:
@@ -127,3 +142,27 @@ async def judge(trajectory: Trajectory, task: Task, judge_tool: LLMTool) -> tupl
                     task.task_id, result.error, rule)
         return rule, result
     return verdict, result
+
+
+# The judge of QA benchmarks (envs/benchmark.py), in the style of HLE's: extract the response's final answer, then
+# compare it with the correct answer only, without solving the problem again.
+BENCHMARK_JUDGE_PROMPT = """Judge whether the response to the question below is correct, given the correct answer.
+
+[question]: {question}
+
+[response]: {response}
+
+[correct_answer]: {gold}
+
+Reply in exactly this format, one field per line:
+extracted_final_answer: the final answer in the response, or None if it states none
+reasoning: whether extracted_final_answer matches [correct_answer]; do not solve the problem again, do not argue \
+for another answer
+correct: yes if extracted_final_answer matches [correct_answer] (for numbers, within a small margin of error), \
+no otherwise"""
+
+
+def parse_benchmark_verdict(reply: str) -> float | None:
+    """1.0 / 0.0 from the reply's `correct: yes|no` line; None if it has none."""
+    found = re.search(r"^\W*correct\W*:\W*(yes|no)\b", reply, flags=re.IGNORECASE | re.MULTILINE)
+    return None if found is None else float(found.group(1).lower() == "yes")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+
+import psutil
 
 import pytest
 
@@ -14,6 +17,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and every process of its session (a command's Ray, its
+    workers), by id, as a crash would end them; wait until they are gone."""
+    session = [p for p in psutil.process_iter() if _session_of(p.pid) == proc.pid]
+    for p in session:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+    psutil.wait_procs(session, timeout=60)
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def require(condition: bool, reason: str) -> None:

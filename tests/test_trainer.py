@@ -2,12 +2,10 @@
 checkpoints, and resume after the driver was killed."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.envs.sources import load_tasks
-from tests.helpers import free_port
+from tests.helpers import free_port, kill_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -52,22 +50,8 @@ def train_killed_after_step(step: int, cache_dir: str, run_dir, policy: str, *ov
             assert time.monotonic() < deadline, f"no step {step} after 900 s"
             time.sleep(0.2)
     finally:
-        session = [p for p in psutil.process_iter() if _session_of(p.pid) == proc.pid]
-        for p in session:  # by id: the driver, Ray's processes and its workers
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait(timeout=60)
-        psutil.wait_procs(session, timeout=60)
+        kill_session(proc)
         proc.stderr.close()
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
 
 
 def steps(run_dir) -> list[dict]:

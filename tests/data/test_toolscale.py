@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
+import time
 
 import datasets
 import pytest
@@ -20,7 +23,7 @@ from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import ScriptedEngine
 from orchestra_rl.tools.base import Pricing
-from tests.helpers import require_sandbox
+from tests.helpers import kill_session, require_sandbox
 from tests.toolscale_world import CODE, DB, POLICY, SCHEMA, TASKS, TOOLS, task
 
 pytestmark = pytest.mark.integration
@@ -149,3 +152,43 @@ async def test_a_synthesis_run_keeps_only_proven_tasks_and_counts_every_drop(syn
     assert stub.calls == calls and card2["calls"]["paid"] == 0 and card2["calls"]["cached"] == calls
     assert card2["cost_usd"] == {"this_run": 0.0, "total": card["cost_usd"]["total"]}
     assert (again / "library" / "tasks.json").read_text() == json.dumps(tasks, indent=1) + "\n"
+
+
+def test_a_synthesis_killed_mid_run_resumes_from_its_cache_without_paying_twice(synth):
+    """SIGKILL `orchestra-rl data synthesize` (the driver and its Ray) once half the answers of an uninterrupted run
+    are paid for; rerun: every paid answer comes from the cache, only the rest is paid, the output is the same."""
+    stub, overrides, tmp = synth
+    whole = asyncio.run(asyncio.to_thread(synthesize, load_config(overrides)))
+    total, expected_tasks = stub.calls, (whole / "library" / "tasks.json").read_text()
+    cache, out = tmp / "cache-killed", tmp / "out-killed"
+    resumed = [o for o in overrides if not o.startswith(("synth.cache_dir", "synth.output_dir"))] + [
+        f"synth.cache_dir={cache}", f"synth.output_dir={out}"]
+    paid: list[list[str]] = [[], []]  # the requests answered in the killed run, then in the resumed one
+    run = 0
+
+    def paying(body: dict) -> str:
+        paid[run].append(json.dumps(body, sort_keys=True))
+        if run == 0 and len(paid[0]) >= total // 2:
+            stub.delay_s = 3600  # later requests hang: the run is killed with them in flight, never answered
+        return responder(body)
+
+    stub.responder = paying
+    proc = subprocess.Popen([sys.executable, "-m", "orchestra_rl.cli", "data", "synthesize", *resumed],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:  # killed once every answer paid so far is in the cache
+        while len(paid[0]) < total // 2 or len(list(cache.glob("*/*.json"))) < len(paid[0]):
+            assert proc.poll() is None, f"the synthesis ended before it was killed: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the synthesis did not get half way in 300 s"
+            time.sleep(0.05)
+    finally:
+        kill_session(proc)
+        proc.stderr.close()
+    assert not out.exists() and total // 2 <= len(paid[0]) < total
+
+    run, stub.delay_s = 1, 0.0
+    again = asyncio.run(asyncio.to_thread(synthesize, load_config(resumed)))
+    card = json.loads((again / "card.json").read_text())
+    assert card["calls"]["cached"] == len(paid[0]) and card["calls"]["paid"] == len(paid[1])
+    assert len(paid[0]) + len(paid[1]) == total and not set(paid[0]) & set(paid[1])  # nothing paid twice
+    assert (again / "library" / "tasks.json").read_text() == expected_tasks

@@ -99,8 +99,7 @@ def domain_sandbox(cfg: Config, domain: Domain) -> SandboxLimits | None:
     """The sandbox limits a domain's code toolkit runs under: the python tool's (None: no code toolkit)."""
     if domain.toolkit is None:
         return None
-    python = next((t for t in cfg.tools.tools.values() if t.kind == "python"), None)
-    return toolkit_limits(python)
+    return toolkit_limits(cfg.tools)
 
 
 class EnvironmentMix(Environment):

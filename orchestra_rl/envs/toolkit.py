@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestra_rl.config import ToolConfig
+from orchestra_rl.config import ToolConfig, ToolsConfig
 from orchestra_rl.tools.sandbox import SandboxLimits, run_sandboxed_async
 
 MARK = "@@orchestra-toolkit-result@@"  # starts the one line of the run's result on stdout
@@ -64,9 +64,11 @@ class ToolkitRun:
     duration_s: float = 0.0
 
 
-def toolkit_limits(python_tool: ToolConfig | None) -> SandboxLimits:
-    """The python tool's sandbox limits (its defaults if none is configured), with room for the database."""
-    limits = SandboxLimits.from_tool_config(python_tool or ToolConfig(kind="python"))
+def toolkit_limits(tools: ToolsConfig) -> SandboxLimits:
+    """The sandbox limits of model-written tool code: the configured python tool's (its defaults if none is
+    configured), with room for the database."""
+    python = next((t for t in tools.tools.values() if t.kind == "python"), ToolConfig(kind="python"))
+    limits = SandboxLimits.from_tool_config(python)
     return SandboxLimits(**{**limits.__dict__, "max_output_bytes": max(limits.max_output_bytes, MAX_OUTPUT_BYTES)})
 
 

@@ -73,8 +73,7 @@ class StageYield:
 class Synthesis:
     def __init__(self, cfg: Config):
         self.cfg = cfg.synth
-        python = next((t for t in cfg.tools.tools.values() if t.kind == "python"), None)
-        self.limits = toolkit_limits(python)
+        self.limits = toolkit_limits(cfg.tools)
         self.yields: dict[str, StageYield] = {}
 
     def stage(self, name: str, items: list[Any], label=lambda item: "") -> list[Any]:

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from orchestra_rl.config import RolloutConfig, load_config
+from orchestra_rl.config import RolloutConfig, ToolsConfig, load_config
 from orchestra_rl.envs.domain_files import Domain, DomainError
 from orchestra_rl.envs.sources import golden_turns, load_tasks, make_environment
 from orchestra_rl.envs.toolkit import run_toolkit, toolkit_limits
@@ -101,7 +101,7 @@ def vanish(db):
 async def test_a_run_reports_signatures_and_the_host_environment_is_not_visible(setup, monkeypatch):
     monkeypatch.setenv("ORCHESTRA_SECRET", "s3cret")
     code = CODE + "\ndef env(db):\n    import os\n    return dict(os.environ)\n"
-    run = await run_toolkit(code, DB, [("env", {})], toolkit_limits(None), names=["lend_book", "nope"])
+    run = await run_toolkit(code, DB, [("env", {})], toolkit_limits(ToolsConfig()), names=["lend_book", "nope"])
     assert run.error is None and run.signatures == {"lend_book": ["db", "book_id", "member_id"], "nope": None}
     assert "s3cret" not in run.results[0]["text"] and run.db == DB
 

@@ -68,6 +68,8 @@ def _run(command: str, cfg: Config) -> None:
             from orchestra_rl.sft.train import run_sft
 
             print(run_sft(cfg))
+        elif command == "serve":
+            _serve(cfg)
         elif command == "eval":
             from orchestra_rl.eval.run import run_eval
 
@@ -84,6 +86,25 @@ def _run(command: str, cfg: Config) -> None:
             from orchestra_rl.bench.sync import run_sync_bench
 
             run_sync_bench(cfg)
+
+
+def _serve(cfg: Config) -> None:
+    """`serve`: the policy (model.path, default the tiny one) as an OpenAI-compatible endpoint until interrupted."""
+    import signal
+    import threading
+
+    from orchestra_rl.serve.orchestrator import start_orchestrator
+    from orchestra_rl.system import System
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with System(cfg) as system:
+        url = start_orchestrator(cfg, system.rollout.workers)
+        print(f"serving {system.model_path} as model {cfg.serve.model_name!r} at {url} (Ctrl-C stops)", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
 
 
 def _synthesize(cfg: Config) -> int:
@@ -112,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in [("train", "SFT warm start, then RL (GRPO/PPO) through the actor system"),
                             ("sft", "SFT on scripted demonstrations (Ray Train, FSDP2); writes an HF checkpoint"),
                             ("eval", "evaluate a policy over a task split through the actor system"),
+                            ("serve", "serve the policy as an OpenAI-compatible endpoint on Ray Serve"),
                             ("config", "print the composed, validated config")]:
         command = sub.add_parser(name, help=help_text)
         command.add_argument("-m", "--multirun", action="store_true", help="Hydra sweep: key=a,b,c runs each value")
@@ -148,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         from orchestra_rl.bench.sandbox import run_sandbox_bench
 
         run_sandbox_bench(cfg)
-    elif args.command in ("train", "sft", "eval", "config", "bench"):
+    elif args.command in ("train", "sft", "eval", "serve", "config", "bench"):
         _run(f"bench {args.which}" if args.command == "bench" else args.command, cfg)
     elif args.command == "sandbox":
         from orchestra_rl.tools.sandbox import sandbox_main

@@ -21,8 +21,6 @@ import math
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -33,6 +31,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from orchestra_rl.config import Config
+from orchestra_rl.serve.openai_api import message_text, read_chat_request, wait_until_serving
 from orchestra_rl.data.world import evaluate_arithmetic, fact_questions, load_tasks, load_world
 
 APP_NAME = "experts"
@@ -53,19 +52,6 @@ def question_index(world_dir: str | Path) -> list[tuple[str, str, str]]:
     entries = {(t.question, t.family, t.answer) for split in ("train", "test") for t in load_tasks(world_dir, split)}
     entries |= {(q, family, answer) for family, q, answer, _ in fact_questions(load_world(world_dir))}
     return sorted(((_match_key(q), f, a) for q, f, a in entries), key=lambda e: (-len(e[0]), e[0]))
-
-
-def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    """An error body as the OpenAI API sends it, so OpenAI clients raise their usual exception types."""
-    return JSONResponse(status_code=status, content={
-        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}})
-
-
-def _text(content: Any) -> str:
-    """A message's text: a plain string or the text parts of a list of content parts."""
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
 
 
 # Experts are I/O-bound (they sleep to simulate latency): no CPU reserved, many requests in flight at once.
@@ -112,24 +98,10 @@ class ExpertServer:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
-        model = body.get("model")
-        if model not in self.experts:
-            return _error(404, f"The model '{model}' does not exist; available: {', '.join(self.experts)}",
-                          param="model", code="model_not_found")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return _error(400, "'messages' must be a list of message objects", param="messages")
-        user = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
-        if not user:
-            return _error(400, "'messages' has no user message", param="messages")
-        if body.get("stream"):
-            return _error(400, "streaming is not supported by the simulated experts", param="stream")
+        parsed = await read_chat_request(request, self.experts, "the simulated experts")
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        model, messages, user = parsed
 
         expert = self.experts[model]
         found = self._find(user[-1])
@@ -145,7 +117,7 @@ class ExpertServer:
             latency = self.rng.lognormvariate(math.log(expert["latency_mean_s"]) - sigma ** 2 / 2, sigma)
             await asyncio.sleep(latency * self.latency_scale)
 
-        prompt_tokens = max(1, sum(len(_text(m.get("content"))) for m in messages) // 4)
+        prompt_tokens = max(1, sum(len(message_text(m.get("content"))) for m in messages) // 4)
         completion_tokens = max(1, round(expert["output_tokens"] * self.rng.uniform(0.75, 1.25)))
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -174,19 +146,7 @@ def start_experts(cfg: Config, world_dir: str | Path, ready_timeout_s: float = 1
     serve.run(deployment.bind(experts, question_index(world_dir), cfg.serve.latency_scale, cfg.seed),
               name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "") else cfg.serve.host
-    base_url = f"http://{host}:{cfg.serve.port}/v1"
-    # serve.run returns once the replica runs; the HTTP proxy may learn the route a moment later.
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(base_url + "/models", timeout=5) as response:
-                if response.status == 200:
-                    return base_url
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"simulated experts not answering at {base_url} after {ready_timeout_s:.0f} s")
-        time.sleep(0.2)
+    return wait_until_serving(f"http://{host}:{cfg.serve.port}/v1", ready_timeout_s, "simulated experts")
 
 
 def stop_experts() -> None:

@@ -161,24 +161,27 @@ def _title(process: psutil.Process) -> str:
 def test_a_killed_expert_replica_loses_no_call(base_url, tasks):
     """One of the two replicas is SIGKILLed while eight tool calls wait on it and on the other: every call is
     answered (a dropped one comes back as a 5xx, which the tool retries, and is routed to the live replica), and
-    Serve starts a replacement."""
-    before = _replica_pids()
-    assert len(before) == 2
-    tool = LLMTool("slow_expert", "an expert", model="slow", base_url=base_url, timeout_s=20, max_retries=4,
-                   backoff_s=0.2)
-
-    async def calls_while_killing():
+    Serve starts a replacement. Serve's router may send all eight to the other replica (seen under load): then no
+    call was dropped, and the kill is tried again on the new pair."""
+    async def calls_while_killing(victim: int):
+        tool = LLMTool("slow_expert", "an expert", model="slow", base_url=base_url, timeout_s=20, max_retries=4,
+                       backoff_s=0.2)
         calls = [asyncio.ensure_future(tool.run({"question": t.question})) for t in tasks[:8]]
         await asyncio.sleep(0.7)  # all eight are in flight (each waits ~2 s on a replica)
-        os.kill(before[0], signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
         results = await asyncio.gather(*calls)
         await tool.close()
         return results
 
-    results = asyncio.run(calls_while_killing())
-    assert [(r.error, r.text) for r in results] == [(None, f"The answer is {t.answer}.") for t in tasks[:8]]
-    assert max(r.latency_s for r in results) > 2.5  # some were retried after the kill
-    deadline = time.monotonic() + 90
-    while (after := _replica_pids()) and (len(after) < 2 or before[0] in after) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert len(after) == 2 and before[0] not in after and before[1] in after
+    for _ in range(3):
+        before = _replica_pids()
+        assert len(before) == 2
+        results = asyncio.run(calls_while_killing(before[0]))
+        assert [(r.error, r.text) for r in results] == [(None, f"The answer is {t.answer}.") for t in tasks[:8]]
+        deadline = time.monotonic() + 90
+        while (after := _replica_pids()) and (len(after) < 2 or before[0] in after) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert len(after) == 2 and before[0] not in after and before[1] in after
+        if max(r.latency_s for r in results) > 2.5:  # calls of the killed replica were retried on the live one
+            return
+    pytest.fail("in three kills, no call was ever in flight on the killed replica")

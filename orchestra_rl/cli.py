@@ -93,9 +93,15 @@ def _serve(cfg: Config) -> None:
     import signal
     import threading
 
-    from orchestra_rl.serve.orchestrator import start_orchestrator
+    from orchestra_rl.config import ConfigError
+    from orchestra_rl.serve.orchestrator import served_env, start_orchestrator
     from orchestra_rl.system import System
 
+    try:
+        served_env(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with System(cfg) as system:

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from orchestra_rl.config import Config
+from orchestra_rl.config import Config, ConfigError, env_sources
 from orchestra_rl.serve.openai_api import error_response, read_chat_request, wait_until_serving
 from orchestra_rl.types import Task, Trajectory
 
@@ -62,8 +62,8 @@ def completion(trajectory: Trajectory, model: str, started: float) -> dict[str, 
                   logging_config={"enable_access_log": False})
 @serve.ingress(app)
 class OrchestratorServer:
-    def __init__(self, model_name: str, workers: list):
-        self.model_name, self.workers = model_name, workers
+    def __init__(self, model_name: str, workers: list, env: str):
+        self.model_name, self.workers, self.env = model_name, workers, env
         self._next = itertools.cycle(range(len(workers)))
 
     @app.get("/v1/models")
@@ -78,7 +78,8 @@ class OrchestratorServer:
             return parsed
         model, _, user = parsed
         started = time.time()
-        task = Task(task_id=f"request-{uuid.uuid4().hex[:12]}", family="served", question=user[-1], answer="")
+        task = Task(task_id=f"request-{uuid.uuid4().hex[:12]}", family="served", question=user[-1], answer="",
+                    env=self.env)
         worker = self.workers[next(self._next)]
         try:
             _, (trajectory,) = await worker.rollout.remote([task], [0], False)
@@ -90,11 +91,21 @@ class OrchestratorServer:
         return completion(trajectory, model, started)
 
 
+def served_env(cfg: Config) -> str:
+    """A request is a question: it runs in the first configured question-answering environment (with its tools)."""
+    env = next((name for name, s in env_sources(cfg).items() if s.kind in ("qa", "benchmark")), None)
+    if env is None:
+        raise ConfigError("env", "serving needs a question-answering source (qa, or a benchmark) among "
+                                 f"{', '.join(env_sources(cfg))}")
+    return env
+
+
 def start_orchestrator(cfg: Config, workers: list, ready_timeout_s: float = 120.0) -> str:
     """Serve the orchestrator on `workers` (rollout worker actors) at cfg.serve.host:port; returns the base URL.
     Serve keeps one HTTP address per cluster: where the simulated experts run, it is theirs (the same port)."""
+    env = served_env(cfg)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(OrchestratorServer.bind(cfg.serve.model_name, workers), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+    serve.run(OrchestratorServer.bind(cfg.serve.model_name, workers, env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "") else cfg.serve.host
     return wait_until_serving(f"http://{host}:{cfg.serve.port}{ROUTE_PREFIX}/v1", ready_timeout_s, "the orchestrator")

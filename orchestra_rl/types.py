@@ -60,6 +60,9 @@ class ToolResult:
     error: str | None = None
     # The endpoint reported no token usage: tokens_in/out (and the cost) are estimated from the text.
     usage_estimated: bool = False
+    # What the endpoint reported paying for the call itself (a served orchestrator: its tools, experts and own
+    # tokens), included in cost_usd.
+    reported_cost_usd: float = 0.0
 
 
 @dataclass

@@ -46,6 +46,7 @@ class OpenAIStub:
     not_json_first: int = 0  # the first k calls answer 200 with a body that is not JSON
     no_usage: bool = False  # replies without a usage field
     retry_after: str | None = None  # the Retry-After header of non-200 replies
+    extra: dict[str, Any] = field(default_factory=dict)  # more top-level fields of every reply (orchestration...)
     calls: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -95,6 +96,7 @@ def make_stub_app(stub: OpenAIStub) -> FastAPI:
                 "completion_tokens": stub.completion_tokens,
                 "total_tokens": stub.prompt_tokens + stub.completion_tokens,
             }}),
+            **stub.extra,
         })
 
     return app

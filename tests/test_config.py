@@ -75,6 +75,8 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
     ("bench.sync_hidden_sizes=[128,100]",
      "config error: bench.sync_hidden_sizes: must be a non-empty list of multiples of model.head_dim (32)"),
     ("serve.num_replicas=0", "config error: serve.num_replicas: must be >= 1"),
+    ("serve.route=/", "config error: serve.route: must be a path like /orchestrator"),
+    ("serve.route=orchestrator", "config error: serve.route: must be a path like /orchestrator"),
     ("train.mode=overlap", "config error: train.mode: must be sync or async, got 'overlap'"),
     ("train.max_staleness=-1", "config error: train.max_staleness: must be >= 0 (0: on-policy, as train.mode=sync)"),
     ("learner.weight_sync=collective rollout.engine.tensor_parallel_size=2",

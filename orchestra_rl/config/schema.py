@@ -180,8 +180,10 @@ class ServeConfig:
     # Replicas of the experts deployment: a call that a dying replica dropped is retried by the tool (a 5xx) and
     # routed to a live one while Serve replaces the dead one. They reserve no CPU.
     num_replicas: int = 2
-    # `orchestra-rl serve`: the name under which the orchestrator answers ({host}:{port}/orchestrator/v1)
+    # `orchestra-rl serve`: the name under which the orchestrator answers, and where ({host}:{port}{route}/v1).
+    # Several orchestrators share a cluster's one Serve address by their routes (the experts hold "/").
     model_name: str = "orchestra-rl"
+    route: str = "/orchestrator"
 
 
 @dataclass

@@ -4,6 +4,8 @@ trusts it; only facts of the running machine (an environment variable, a folder 
 
 from __future__ import annotations
 
+import re
+
 from orchestra_rl.config.env import (
     BENCHMARK_LAYOUTS, ENV_KINDS, NL_ASSERTION_MODES, TAU2_DOMAINS, USER_KINDS, EndpointConfig, EnvSourceConfig,
 )
@@ -75,6 +77,9 @@ def validate(cfg: Config) -> Config:
             _check(t.sandbox in SANDBOX_MODES, f"{key}.sandbox",
                    f"unknown mode {t.sandbox!r}; known: {', '.join(SANDBOX_MODES)}")
     _check(cfg.serve.num_replicas >= 1, "serve.num_replicas", "must be >= 1")
+    _check(re.fullmatch(r"(/[A-Za-z0-9_-]+)+", cfg.serve.route) is not None, "serve.route",
+           f"must be a path like /orchestrator (letters, digits, - and _; not / itself: the experts' route), "
+           f"got {cfg.serve.route!r}")
     d = cfg.data
     for fam in d.families:
         _check(fam in TASK_FAMILIES, "data.families", f"unknown family {fam!r}; known: {', '.join(TASK_FAMILIES)}")

@@ -1,12 +1,14 @@
 """The trained orchestrator as an OpenAI-compatible endpoint (`orchestra-rl serve`): a Ray Serve application on
-{serve.host}:{serve.port}{ROUTE_PREFIX}/v1 with /models and /chat/completions.
+{serve.host}:{serve.port}{serve.route}/v1 with /models and /chat/completions.
 
 A request runs the whole orchestration loop: its last user message is the task (as in the QA world: the user asks,
 the policy reasons and calls the configured tools and experts, and its final answer is the reply). The replica only
 routes: each request is one agent loop on a rollout worker's vLLM engine, so concurrent requests are batched by the
 engine (continuous batching), never queued behind a lock. `usage` counts the orchestrator's own tokens (read, and
 sampled); `orchestration` carries what an OpenAI reply has no field for: the dollar cost (tools, experts and the
-orchestrator's tokens), tool latency, wall time and the trace of tool calls.
+orchestrator's tokens), tool latency, wall time and the trace of tool calls. An llm tool of another orchestrator
+pointed at this endpoint adds that cost to its own (tools/llm.py): orchestrators call orchestrators, and pay for
+what the callee paid.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ from orchestra_rl.config import Config, ConfigError, env_sources
 from orchestra_rl.serve.openai_api import error_response, read_chat_request, wait_until_serving
 from orchestra_rl.types import Task, Trajectory
 
-APP_NAME = "orchestrator"
-ROUTE_PREFIX = "/orchestrator"
 MAX_TRACE_CHARS = 2000  # of each tool result in the trace
 
 app = FastAPI()
@@ -35,7 +35,8 @@ app = FastAPI()
 
 def trace(trajectory: Trajectory) -> list[dict[str, Any]]:
     return [{"turn": c.turn, "name": c.name, "arguments": c.arguments, "result": c.result.text[:MAX_TRACE_CHARS],
-             "cost_usd": c.result.cost_usd, "latency_s": c.result.latency_s, "error": c.result.error}
+             "tokens_in": c.result.tokens_in, "tokens_out": c.result.tokens_out, "cost_usd": c.result.cost_usd,
+             "reported_cost_usd": c.result.reported_cost_usd, "latency_s": c.result.latency_s, "error": c.result.error}
             for c in trajectory.tool_calls]
 
 
@@ -100,12 +101,23 @@ def served_env(cfg: Config) -> str:
     return env
 
 
+def app_name(cfg: Config) -> str:
+    """The Serve application of the orchestrator on cfg.serve.route (one per route)."""
+    return "orchestrator" + cfg.serve.route.replace("/", "-")
+
+
 def start_orchestrator(cfg: Config, workers: list, ready_timeout_s: float = 120.0) -> str:
-    """Serve the orchestrator on `workers` (rollout worker actors) at cfg.serve.host:port; returns the base URL.
-    Serve keeps one HTTP address per cluster: where the simulated experts run, it is theirs (the same port)."""
+    """Serve the orchestrator on `workers` (rollout worker actors) at cfg.serve.host:port{route}; returns the base
+    URL. Serve keeps one HTTP address per cluster: where the simulated experts run, it is theirs (the same port)."""
     env = served_env(cfg)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(OrchestratorServer.bind(cfg.serve.model_name, workers, env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+    serve.run(OrchestratorServer.bind(cfg.serve.model_name, workers, env), name=app_name(cfg),
+              route_prefix=cfg.serve.route)
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "") else cfg.serve.host
-    return wait_until_serving(f"http://{host}:{cfg.serve.port}{ROUTE_PREFIX}/v1", ready_timeout_s, "the orchestrator")
+    return wait_until_serving(f"http://{host}:{cfg.serve.port}{cfg.serve.route}/v1", ready_timeout_s,
+                              "the orchestrator")
+
+
+def stop_orchestrator(cfg: Config) -> None:
+    serve.delete(app_name(cfg))

@@ -1,5 +1,9 @@
 """A model behind any OpenAI-compatible /v1/chat/completions endpoint, used as a tool (expert or generalist).
 
+An endpoint that is itself an orchestrator (`orchestra-rl serve`, or any server that adds the same field) reports
+what it paid for the call — its tools, experts and own tokens — in `orchestration.cost_usd`; that cost is added to
+the call's, so an orchestrator of orchestrators pays for the whole tree.
+
 A call is retried (tools/retry.py) on timeouts, connection errors, rate limits and server errors; a request the
 server rejects as wrong (other 4xx) is not retried. A call never raises into the agent loop for such failures: it
 returns a ToolResult with `error` set, which the policy sees and the reward counts.
@@ -8,6 +12,7 @@ returns a ToolResult with `error` set, which the policy sees and the reward coun
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -49,6 +54,18 @@ def estimate_tokens(text: str) -> int:
     """Tokens of `text` by the usual ~4 characters per token of English BPE vocabularies: for billing a reply whose
     endpoint reported no usage (flagged as estimated), never for anything exact."""
     return max(1, round(len(text) / 4)) if text else 0
+
+
+def reported_cost(response: Any) -> float:
+    """The dollar cost an orchestrator endpoint reports for the call (its reply's `orchestration.cost_usd`); 0 for
+    a plain model. A report that is not a finite number >= 0 is not a cost: it is a malformed reply."""
+    orchestration = (getattr(response, "model_extra", None) or {}).get("orchestration")
+    if orchestration is None:
+        return 0.0
+    cost = orchestration.get("cost_usd") if isinstance(orchestration, dict) else None
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
+        raise MalformedReply(f"the reply's orchestration.cost_usd is not a dollar amount: {cost!r}")
+    return float(cost)
 
 
 def reply_text(response: Any) -> str:
@@ -119,13 +136,13 @@ class LLMTool(Tool):
         messages = self.messages(arguments, task)
         start = time.perf_counter()
 
-        async def attempt() -> tuple[Any, str]:
+        async def attempt() -> tuple[Any, str, float]:
             response = await self.client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=self.max_tokens, temperature=self.temperature)
-            return response, reply_text(response)
+            return response, reply_text(response), reported_cost(response)
 
         try:
-            response, text = await self.retry.call(
+            response, text, reported = await self.retry.call(
                 attempt, errors=(openai.APIError, MalformedReply, json.JSONDecodeError), transient=is_retryable,
                 what=f"tool {self.name} (model {self.model})", retry_after=retry_after_s)
         except CallFailed as failed:
@@ -140,7 +157,8 @@ class LLMTool(Tool):
             text = f"{text[:self.max_reply_chars]}\n[reply cut: {self.max_reply_chars} of {len(text)} characters]"
         return ToolResult(
             text=text,
-            cost_usd=self.pricing.cost(tokens_in, tokens_out),
+            cost_usd=self.pricing.cost(tokens_in, tokens_out) + reported,
+            reported_cost_usd=reported,
             latency_s=time.perf_counter() - start,
             tokens_in=tokens_in,
             tokens_out=tokens_out,

@@ -1,15 +1,17 @@
 """The orchestrator served on Ray Serve (127.0.0.1) behind the OpenAI API, answering the official `openai` client:
 one request, 8 concurrent ones batched on one vLLM engine, malformed requests refused with a 4xx while the server
-keeps serving. Every turn is constrained to a well-formed call of the math expert or the answer tool, so the
-untrained tiny policy orchestrates (and pays for) real calls."""
+keeps serving; and a second served orchestrator that calls the first as a tool, paying what it paid. Every turn
+is constrained to a well-formed call of the tools named, so the untrained tiny policy orchestrates (and pays for)
+real calls."""
 
 import asyncio
 
 import httpx
 import openai
 import pytest
+import yaml
 
-from orchestra_rl.serve.orchestrator import start_orchestrator
+from orchestra_rl.serve.orchestrator import start_orchestrator, stop_orchestrator
 from orchestra_rl.system import System
 from tests.helpers import free_port
 
@@ -85,3 +87,45 @@ def test_concurrent_requests_run_at_once_and_bad_ones_get_a_4xx(served):
     # Still serving.
     check_reply(client.chat.completions.create(model="orch-test", messages=[{"role": "user", "content": QUESTION}]),
                 cfg)
+
+
+def test_an_orchestrator_calls_another_served_orchestrator_as_a_tool_and_pays_what_it_paid(served, make_config,
+                                                                                           tmp_path):
+    """Two served policies: "orch-outer" (route /outer, its own engine and executor) calls the served "orch-test",
+    declared in a tools config like any expert. The callee's reported cost flows into the caller's."""
+    inner_url, inner_cfg = served
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "outer.yaml").write_text(yaml.safe_dump({"tools": {"sub_orchestrator": {
+        "kind": "llm", "model": "orch-test", "base_url": inner_url, "include_task": True, "final_answer": True,
+        "description": "Another orchestrator: hand it the task.", "price_in_per_mtok": 0, "price_out_per_mtok": 0,
+        "timeout_s": 120, "max_retries": 0}, "answer": {"kind": "answer"}}}))
+    cfg = make_config(f"hydra.searchpath=[file://{tmp_path}]", "tools=outer",
+                      "rollout.constrained_tools=[sub_orchestrator]", "rollout.max_turns=2",
+                      "rollout.max_tokens_per_turn=80", "rollout.num_cpus_per_worker=0.25",
+                      "tools.num_cpus_per_executor=0.25", f"serve.port={inner_cfg.serve.port}", "serve.route=/outer",
+                      "serve.model_name=orch-outer")
+    with System(cfg) as outer:
+        try:
+            outer_url = start_orchestrator(cfg, outer.rollout.workers)
+            assert outer_url.endswith("/outer/v1")
+            client = openai.OpenAI(base_url=outer_url, api_key="unused", max_retries=0)
+            reply = client.chat.completions.create(model="orch-outer",
+                                                   messages=[{"role": "user", "content": QUESTION}])
+        finally:
+            stop_orchestrator(cfg)
+    orch = reply.model_extra["orchestration"]
+    calls = orch["tool_calls"]
+    # Its only tool is the other orchestrator, whose reply is the final answer: the first call ends the episode.
+    assert [c["name"] for c in calls] == ["sub_orchestrator"] and calls[0]["error"] is None, calls
+    call = calls[0]
+    assert reply.choices[0].message.content == call["result"] and orch["stop_reason"] == "answer"
+    # The callee paid at least its own tokens (its usage, at its model's prices) and reported it; the caller
+    # declared no price of its own, so the call costs exactly what the callee reported.
+    callee_tokens = (call["tokens_in"] * inner_cfg.model.price_in_per_mtok
+                     + call["tokens_out"] * inner_cfg.model.price_out_per_mtok) / 1e6
+    assert call["tokens_in"] > 0 and call["reported_cost_usd"] >= callee_tokens - 1e-12 > 0
+    assert call["cost_usd"] == call["reported_cost_usd"]
+    assert orch["cost_usd"] == pytest.approx(orch["policy_cost_usd"] + call["cost_usd"])
+    # The callee still serves on its own route.
+    check_reply(openai.OpenAI(base_url=inner_url, api_key="unused").chat.completions.create(
+        model="orch-test", messages=[{"role": "user", "content": QUESTION}]), inner_cfg)

@@ -197,3 +197,20 @@ async def test_retry_after_of_a_429_is_honoured_up_to_the_backoff_cap(openai_stu
     capped = await make_tool(openai_stub_server.base_url, max_retries=1, backoff_max_s=0.2).call({"question": "q"})
     assert capped.error is None and openai_stub_server.calls == 4
     assert openai_stub_server.intervals[3][0] - openai_stub_server.intervals[2][1] < 1.0  # 60 s asked, 0.2 given
+
+
+async def test_an_orchestrator_endpoints_reported_cost_is_added_to_the_call(openai_stub_server, make_tool):
+    """A served orchestrator reports what it paid (orchestration.cost_usd); the caller pays that on top of its own
+    price for the callee's tokens."""
+    openai_stub_server.extra = {"orchestration": {"cost_usd": 0.0125, "tool_calls": []}}
+    result = await make_tool(openai_stub_server.base_url, pricing=llm.Pricing(1.0, 2.0)).call({"question": "q"})
+    assert result.error is None and result.reported_cost_usd == 0.0125
+    assert result.cost_usd == pytest.approx(1000 * 1.0 / 1e6 + 500 * 2.0 / 1e6 + 0.0125, abs=1e-12)
+
+
+@pytest.mark.parametrize("cost", [-1.0, "0.5", None, True])
+async def test_a_reported_cost_that_is_not_a_dollar_amount_is_a_malformed_reply(openai_stub_server, make_tool, cost):
+    openai_stub_server.extra = {"orchestration": {"cost_usd": cost}}
+    result = await make_tool(openai_stub_server.base_url, max_retries=1).call({"question": "q"})
+    assert result.cost_usd == 0.0 and "orchestration.cost_usd is not a dollar amount" in result.error
+    assert openai_stub_server.calls == 2  # retried once: a garbled reply may be the network's fault

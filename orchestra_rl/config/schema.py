@@ -201,6 +201,11 @@ class EvalConfig:
     max_tasks: int = 16  # 0 = all tasks of the split
     group_size: int = 1
     output_dir: str = "outputs/eval"
+    # Side by side on the same tasks and seeds (eval/compare.py): policies by name -> checkpoint (an HF folder;
+    # "" = the configured model), and fixed baselines: "only:<tool>" (that tool alone; "only:*" = each tool
+    # alone), "random" (one tool drawn per trajectory), "best" (each family's most accurate strategy).
+    compare: dict[str, str] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -141,6 +141,13 @@ def validate(cfg: Config) -> Config:
         f"must be a non-empty list of multiples of model.head_dim ({cfg.model.head_dim})")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
+    # the tools a scripted baseline can call (eval/baselines.py)
+    baselines = ["random", "best", "only:*"] + [f"only:{n}" for n, t in cfg.tools.tools.items()
+                                                if t.enabled and t.kind in ("python", "search", "llm")]
+    for b in cfg.eval.baselines:
+        _check(b in baselines, "eval.baselines", f"unknown baseline {b!r}; known: {', '.join(baselines)}")
+    _check(not set(cfg.eval.compare) & set(cfg.eval.baselines), "eval.compare",
+           "a policy and a baseline share a name")
     _validate_synth(cfg)
     return cfg
 

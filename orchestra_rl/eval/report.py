@@ -142,24 +142,30 @@ def load_train_reports(paths: list[str]) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def print_runs(runs: dict[str, dict[str, Any]], console: Console | None = None) -> None:
-    """The after-training evaluation of several runs side by side, per family (e.g. a sweep over reward weights):
-    accuracy, $ cost per trajectory and per correct answer, tool mix."""
-    table = Table(title="after training, per run")
-    for col in ("family", "run", "reward", "accuracy", "$ cost", "$ / correct", "tool calls / trajectory"):
-        table.add_column(col, justify="left" if col in ("family", "run", "tool calls / trajectory") else "right")
-    families = sorted({f for r in runs.values() for f in r["after"]["families"]})
+def print_side_by_side(summaries: dict[str, dict[str, Any]], title: str, console: Console | None = None) -> None:
+    """Several evaluations of the same tasks side by side, per family then all: accuracy, $ per task and per
+    correct answer, latency and tool mix (a comparison of policies and baselines, or the runs of a sweep)."""
+    table = Table(title=title)
+    for col in ("family", "policy", "accuracy", "$ / task", "$ / correct", "latency s", "tool calls / trajectory"):
+        table.add_column(col, justify="left" if col in ("family", "policy", "tool calls / trajectory") else "right")
+    families = sorted({f for s in summaries.values() for f in s["families"]})
     for family in [*families, "all"]:
-        for i, (label, report) in enumerate(runs.items()):
-            s = report["after"]["overall"] if family == "all" else report["after"]["families"].get(family)
-            if s is None:
-                continue
+        rows = [(label, s["overall"] if family == "all" else s["families"].get(family))
+                for label, s in summaries.items()]
+        rows = [(label, s) for label, s in rows if s is not None]
+        for i, (label, s) in enumerate(rows):
             per_correct = f"{s['cost_usd'] / s['accuracy']:.6f}" if s["accuracy"] else "-"
-            table.add_row(family if i == 0 else "", label, f"{s.get('reward', 0):.3f}", f"{s['accuracy']:.3f}",
-                          f"{s['cost_usd']:.6f}", per_correct, _mix(s["tool_calls_per_trajectory"]),
-                          end_section=i == len(runs) - 1)
+            table.add_row(family if i == 0 else "", label, f"{s['accuracy']:.3f}", f"{s['cost_usd']:.6f}",
+                          per_correct, f"{s['latency_s']:.2f}", _mix(s["tool_calls_per_trajectory"]),
+                          end_section=i == len(rows) - 1)
+    (console or Console(width=160)).print(table)
+
+
+def print_runs(runs: dict[str, dict[str, Any]], console: Console | None = None) -> None:
+    """The after-training evaluation of several runs side by side (e.g. a sweep over reward weights)."""
     console = console or Console(width=160)
-    console.print(table)
+    print_side_by_side({label: report["after"] for label, report in runs.items()}, "after training, per run",
+                       console)
     for label, report in runs.items():
         if "train_s" in report:
             console.print(f"{label}: {report['steps']} steps ({report['mode']}) in {report['train_s']:.0f} s")

@@ -1,9 +1,11 @@
-"""`orchestra-rl eval`: run a policy over a task split through the full actor system and report."""
+"""`orchestra-rl eval`: run a policy over a task split through the full actor system and report (several
+policies and baselines side by side: eval/compare.py)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,21 @@ from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.eval.report import print_summary, summarize, task_results
 from orchestra_rl.reward.outcome import solved
 from orchestra_rl.system import System
-from orchestra_rl.types import Trajectory
+from orchestra_rl.types import Task, Trajectory
 
 
-def evaluate(system: System, split: str, max_tasks: int, group_size: int,
-             desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
-    """Roll out the split's tasks, `group_size` trials each, with the system's current policy; returns (summary,
-    trajectories). With `max_tasks`, a subset in which every family is represented."""
-    tasks = system.tasks(split)
-    if max_tasks:
-        tasks = interleave_families(tasks)[:max_tasks]
+def select_tasks(system: System, split: str, max_tasks: int, families: Collection[str] | None = None) -> list[Task]:
+    """The split's tasks (of `families` only, if given); with `max_tasks`, a subset in which every family is
+    represented. The same config selects the same tasks."""
+    tasks = [t for t in system.tasks(split) if families is None or t.family in families]
+    return interleave_families(tasks)[:max_tasks] if max_tasks else tasks
+
+
+def evaluate(system: System, split: str, max_tasks: int, group_size: int, desc: str = "eval",
+             tasks: list[Task] | None = None) -> tuple[dict[str, Any], list[Trajectory]]:
+    """Roll out `tasks` (default: select_tasks of the split), `group_size` trials each, with the system's current
+    policy; returns (summary, trajectories)."""
+    tasks = tasks if tasks is not None else select_tasks(system, split, max_tasks)
     by_id = {t.task_id: t for t in tasks}
     correct = 0
     with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:
@@ -37,22 +44,32 @@ def evaluate(system: System, split: str, max_tasks: int, group_size: int,
     return summarize(trajectories, tasks, system.tool_names), trajectories
 
 
-def run_eval(cfg: Config) -> dict[str, Any]:
-    start = time.perf_counter()
-    with System(cfg) as system:
-        summary, trajectories = evaluate(system, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size)
-        model_path = system.model_path
-        per_task = task_results(trajectories, system.tasks(cfg.eval.split))
-    wall = time.perf_counter() - start
-    out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")
+def write_eval(out_dir: Path, report: dict[str, Any], trajectories: list[Trajectory], tasks: list[Task]) -> None:
+    """An evaluation's files: report.json, tasks.json (per task over its trials), trajectories.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"model_path": model_path, "split": cfg.eval.split, "wall_time_s": wall, **summary,
-              "config": as_plain(cfg)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "tasks.json").write_text(json.dumps(per_task, indent=2))
+    (out_dir / "tasks.json").write_text(json.dumps(task_results(trajectories, tasks), indent=2))
     with open(out_dir / "trajectories.jsonl", "w") as f:
         for t in trajectories:
             f.write(json.dumps(t.to_dict()) + "\n")
+
+
+def run_eval(cfg: Config) -> dict[str, Any]:
+    if cfg.eval.compare or cfg.eval.baselines:
+        from orchestra_rl.eval.compare import run_comparison
+
+        return run_comparison(cfg)
+    start = time.perf_counter()
+    with System(cfg) as system:
+        tasks = select_tasks(system, cfg.eval.split, cfg.eval.max_tasks)
+        summary, trajectories = evaluate(system, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size,
+                                         tasks=tasks)
+        model_path = system.model_path
+    wall = time.perf_counter() - start
+    out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")
+    report = {"model_path": model_path, "split": cfg.eval.split, "wall_time_s": wall, **summary,
+              "config": as_plain(cfg)}
+    write_eval(out_dir, report, trajectories, tasks)
     print_summary(summary, title=f"eval of {model_path} on {cfg.eval.split} ({wall:.0f} s)")
     print(f"report: {out_dir / 'report.json'}")
     report["output_dir"] = str(out_dir)

@@ -53,15 +53,14 @@ def strategy_of(trajectory: Trajectory, answer_tool: str) -> str:
 
 class ScriptedRollout:
     """The scripted policy in the agent loop, with the system's tool executors: one AgentLoop per group index
-    (the group index picks the strategy; the Engine protocol carries only tokens)."""
+    (the group index picks the strategy; the Engine protocol carries only tokens). `strategies`: the policy's
+    table (default: the demonstrations' varied one)."""
 
-    def __init__(self, cfg: Config, system: System, tasks: list[Task]):
-        from transformers import AutoTokenizer
-
+    def __init__(self, cfg: Config, system: System, tasks: list[Task],
+                 strategies: dict[str, list[tuple[str, ...]]] | None = None):
         self.cfg = cfg
-        tokenizer = AutoTokenizer.from_pretrained(system.model_path)
-        self.chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, system.tool_schemas)
-        self.policy = ScriptedPolicy.from_config(cfg, tokenizer, tasks)
+        self.chat = ChatFormat(system.tokenizer, cfg.rollout.system_prompt, system.tool_schemas)
+        self.policy = ScriptedPolicy.from_config(cfg, system.tokenizer, tasks, strategies)
         self.executors = system.executors
         self.loops: dict[int, AgentLoop] = {}
 

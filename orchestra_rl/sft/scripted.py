@@ -93,10 +93,12 @@ class ScriptedPolicy:
         self.expert_gets_task: dict[str, bool] = {}  # llm tool name -> include_task
 
     @classmethod
-    def from_config(cls, cfg: Config, tokenizer: Any, tasks: list[Task]) -> "ScriptedPolicy":
+    def from_config(cls, cfg: Config, tokenizer: Any, tasks: list[Task],
+                    strategies: dict[str, list[tuple[str, ...]]] | None = None) -> "ScriptedPolicy":
+        """The demonstrator (strategies: demo_strategies), or a fixed baseline's strategy table (eval)."""
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
         answer_tool = next(name for name, kind in enabled.items() if kind == "answer")  # validate() ensures one
-        policy = cls(tokenizer, tasks, demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed)
+        policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed)
         policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}
         return policy
 
@@ -167,7 +169,8 @@ class ScriptedPolicy:
                     return {"code": f"print({expression})"}
                 return None
             m = _ARITHMETIC_QUESTION.fullmatch(task.question)
-            return {"code": f"print({m.group(1) if m else task.metadata['expression']})"}
+            expression = m.group(1) if m else task.metadata.get("expression")
+            return {"code": f"print({expression})"} if expression else None  # no arithmetic to run
         raise ValueError(f"the scripted policy cannot call tool {plan[step]!r} of kind {kind!r}")
 
     def _answer(self, task: Task, called: tuple[str, ...], responses: list[str]) -> str:

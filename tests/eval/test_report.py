@@ -8,6 +8,8 @@ from rich.console import Console
 
 from orchestra_rl.cli import main
 from orchestra_rl.config import RewardConfig
+from orchestra_rl.eval.baselines import baseline_strategies, expand_baselines
+from orchestra_rl.eval.pareto import pareto_front
 from orchestra_rl.eval.report import load_train_reports, pass_hat_k, print_runs, print_summary, summarize, task_results
 from orchestra_rl.reward.actor import RewardActor
 from tests.helpers import make_task, make_trajectory
@@ -114,3 +116,22 @@ def test_table_shows_cost_per_correct_answer_and_the_tool_mix(sweep):
 def test_missing_report_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"report: {tmp_path}: no train_report.json there\n"
+
+
+def test_the_pareto_front_is_the_points_nothing_beats_cheapest_first():
+    points = {"large": (0.0012, 0.75), "best": (0.0003, 0.75), "random": (0.0004, 0.4), "init": (0.0001, 0.0),
+              "tie": (0.0003, 0.75), "cheap": (0.0001, 0.0)}
+    # large is dominated by best (as accurate, cheaper); random by best too; equal points are all kept.
+    assert pareto_front(points) == ["init", "cheap", "best", "tie"]
+
+
+def test_baseline_tables_route_every_family_as_named(make_config):
+    cfg = make_config()
+    assert expand_baselines(cfg, ["only:*", "random", "only:python"]) == [
+        "only:python", "only:search", "only:math_expert", "only:small_generalist", "only:large_generalist", "random"]
+    assert baseline_strategies(cfg, "only:search") == {f: [("search",)] for f in cfg.data.families}
+    assert baseline_strategies(cfg, "random")["hard"] == [
+        ("python",), ("search",), ("math_expert",), ("small_generalist",), ("large_generalist",)]
+    assert baseline_strategies(cfg, "best") == {"arithmetic": [("python",)], "lookup": [("search",)],
+                                                "multihop": [("search", "search", "python")],
+                                                "hard": [("large_generalist",)]}

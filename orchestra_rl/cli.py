@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("overrides", nargs="*")
     report = sub.add_parser("report", help="compare train runs side by side (their train_report.json)")
     report.add_argument("paths", nargs="+", help="train_report.json files or folders holding them (multirun/...)")
+    report.add_argument("--plot", help="where to write the accuracy-vs-$ Pareto plot of the runs (PNG; default: "
+                                       "pareto.png in the first path's folder)")
     sandbox = sub.add_parser("sandbox", help="run one Python snippet in the python tool's sandbox, with its "
                                               "configured limits (tools.tools.python.*); prints the JSON result")
     sandbox.add_argument("-c", dest="code", required=True, help="the code to run")
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "report":
+        from pathlib import Path
+
+        from orchestra_rl.eval.pareto import pareto_front, plot_pareto
         from orchestra_rl.eval.report import load_train_reports, print_runs
 
         try:
@@ -167,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {e}", file=sys.stderr)
             return 2
         print_runs(runs)
+        first = Path(args.paths[0])
+        points = {label: (r["after"]["overall"]["cost_usd"], r["after"]["overall"]["accuracy"])
+                  for label, r in runs.items()}
+        png = plot_pareto(points, args.plot or (first if first.is_dir() else first.parent) / "pareto.png",
+                          f"after training: accuracy vs $ per task ({len(runs)} runs)")
+        print(f"Pareto front (cheapest first): {' < '.join(pareto_front(points))}\nplot: {png}")
         return 0
     if getattr(args, "multirun", False):
         _config([o for o in args.overrides if "," not in o])  # a bad fixed override fails fast, in one line

@@ -135,3 +135,13 @@ def test_baseline_tables_route_every_family_as_named(make_config):
     assert baseline_strategies(cfg, "best") == {"arithmetic": [("python",)], "lookup": [("search",)],
                                                 "multihop": [("search", "search", "python")],
                                                 "hard": [("large_generalist",)]}
+
+
+def test_report_of_a_sweep_draws_its_pareto_plot(sweep, capsys):
+    assert main(["report", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    # efficient: 0.8 at $0.0004; outcome: 0.9 at $0.0012 — neither dominates, both on the front.
+    assert "Pareto front (cheapest first): reward=efficient < reward=outcome" in out
+    assert (sweep / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["report", str(sweep), "--plot", str(sweep / "elsewhere" / "front.png")]) == 0
+    assert (sweep / "elsewhere" / "front.png").is_file()

@@ -37,6 +37,7 @@ def check_report(report: dict, trajectories: list[dict], gold: dict[str, str]) -
 
 @pytest.mark.integration
 @pytest.mark.e2e
+@pytest.mark.timeout(1200)  # the first test to ask for the session's SFT checkpoint builds it (~5 min)
 def test_eval_compares_policies_and_baselines_on_the_same_tasks(cache_dir, tmp_path, sft_run):
     out = tmp_path / "eval"
     _, sft_checkpoint = sft_run

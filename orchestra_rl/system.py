@@ -33,7 +33,7 @@ from orchestra_rl.reward.actor import make_reward_actor
 from orchestra_rl.rollout.manager import RolloutManager
 from orchestra_rl.rollout.worker import make_rollout_worker
 from orchestra_rl.tools.base import ToolContext
-from orchestra_rl.tools.executor import make_executor
+from orchestra_rl.tools.executor import close_executor, make_executor
 from orchestra_rl.types import Task
 from orchestra_rl.weight_sync import WeightSync
 
@@ -103,7 +103,7 @@ class System:
         self.tool_context = ToolContext(world_dir=str(self.world_dir), experts_base_url=experts_url)
         self.executors = [make_executor(cfg.tools, self.tool_context) for _ in range(cfg.tools.num_executors)]
         for executor in self.executors:
-            self._stop.callback(ray.kill, executor)
+            self._stop.callback(close_executor, executor)  # closes its tools' sessions (MCP servers), then kills it
         self.tool_schemas: list[dict] = ray.get(self.executors[0].schemas.remote())
         configured = [s["function"]["name"] for s in self.tool_schemas]
         # Every name a policy may call here (the configured tools and the environments' own), for summaries.

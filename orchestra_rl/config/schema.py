@@ -12,7 +12,7 @@ from omegaconf import MISSING
 from orchestra_rl.config.env import EndpointConfig, EnvSourceConfig
 
 DEFAULT_CACHE = os.environ.get("ORCHESTRA_RL_CACHE", str(Path.home() / ".cache" / "orchestra_rl"))
-TOOL_KINDS = ("python", "search", "llm", "answer")
+TOOL_KINDS = ("python", "search", "llm", "answer", "mcp")
 TASK_FAMILIES = ("arithmetic", "lookup", "multihop", "hard")  # what data/world.py generates
 SANDBOX_MODES = ("auto", "cgroup1", "userns")  # the python tool's confinement (tools/sandbox.py)
 
@@ -84,12 +84,12 @@ class RolloutConfig:
 class ToolConfig:
     """One tool. `kind` selects the implementation; the other fields apply to the kinds noted."""
 
-    kind: str = MISSING  # python | search | llm | answer
+    kind: str = MISSING  # python | search | llm | answer | mcp
     description: str = ""
     enabled: bool = True
-    max_concurrency: int = 8  # calls of this tool in flight at once, per executor
+    max_concurrency: int = 8  # calls of this tool (mcp: of all its server's tools) in flight at once, per executor
     timeout_s: float = 30.0
-    max_retries: int = 2  # remote calls only (llm, web search); bounded, with exponential backoff
+    max_retries: int = 2  # remote calls only (llm, web search, mcp); bounded, with exponential backoff
     price_per_call: float = 0.0  # flat dollar price of one call
     # python
     sandbox: str = "auto"  # the confinement (tools/sandbox.py): auto | cgroup1 (root, cgroup v1) | userns (any uid)
@@ -104,12 +104,12 @@ class ToolConfig:
     # llm (and tavily): any OpenAI-compatible endpoint. base_url "experts" = the built-in simulated experts.
     model: str = ""
     base_url: str = ""
-    api_key_env: str = ""  # name of the environment variable that holds the key (never the key itself)
+    api_key_env: str = ""  # name of the environment variable that holds the key (never the key itself); mcp url: Bearer
     price_in_per_mtok: Optional[float] = None
     price_out_per_mtok: Optional[float] = None
     max_tokens: int = 256
     temperature: float = 0.0
-    # llm: the most of a reply that enters the trajectory (and a judge's prompt); the rest is cut, and said so.
+    # llm, mcp: the most of a reply that enters the trajectory (and a judge's prompt); the rest is cut, and said so.
     max_reply_chars: int = 4096
     # llm: hand the expert the user's task along with the orchestrator's question (ToolOrchestra routes the
     # problem itself to an expert model; the orchestrator decides which expert, not how to restate it).
@@ -117,6 +117,13 @@ class ToolConfig:
     # llm: the expert's reply is the final answer and ends the trajectory (ToolOrchestra's answer models: the
     # orchestrator decides which model answers).
     final_answer: bool = False
+    # mcp: an MCP server (tools/mcp.py); the entry contributes every tool it offers, under the tool's own name
+    # (after `prefix`), with its own description and schema, at price_per_call. Exactly one of command and url.
+    command: list[str] = field(default_factory=list)  # a stdio server: its argv, e.g. [python, my_server.py]
+    url: str = ""  # a streamable HTTP server: its endpoint, e.g. http://127.0.0.1:8000/mcp
+    env: dict[str, str] = field(default_factory=dict)  # a stdio server's environment (over PATH, HOME, USER...)
+    include: list[str] = field(default_factory=list)  # the server's tools to offer, by their MCP names; empty: all
+    prefix: str = ""  # put before each tool's name (e.g. "fs_"): tool names must be unique over all entries
 
 
 @dataclass

@@ -9,7 +9,7 @@ import re
 from orchestra_rl.config.env import (
     BENCHMARK_LAYOUTS, ENV_KINDS, NL_ASSERTION_MODES, TAU2_DOMAINS, USER_KINDS, EndpointConfig, EnvSourceConfig,
 )
-from orchestra_rl.config.schema import SANDBOX_MODES, TASK_FAMILIES, TOOL_KINDS, Config
+from orchestra_rl.config.schema import SANDBOX_MODES, TASK_FAMILIES, TOOL_KINDS, Config, ToolConfig
 
 
 class ConfigError(ValueError):
@@ -23,6 +23,21 @@ class ConfigError(ValueError):
 def _check(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise ConfigError(key, problem)
+
+
+def _check_mcp(key: str, name: str, t: ToolConfig) -> None:
+    _check(bool(t.command) != bool(t.url), f"{key}.command",
+           "an mcp entry needs exactly one of command (a stdio server's argv) and url (a streamable HTTP endpoint)")
+    _check(all(isinstance(a, str) and a for a in t.command), f"{key}.command", "must be a list of non-empty strings")
+    _check(not t.url or re.fullmatch(r"https?://\S+", t.url) is not None, f"{key}.url",
+           f"must be an http:// or https:// endpoint, got {t.url!r}")
+    _check(not (t.env and t.url), f"{key}.env", "sets a stdio server's environment; this entry has a url")
+    _check(re.fullmatch(r"[A-Za-z0-9_-]*", t.prefix) is not None, f"{key}.prefix",
+           f"must be letters, digits, _ or -, got {t.prefix!r}")
+    _check(len(set(t.include)) == len(t.include), f"{key}.include", "names a tool twice")
+    _check(t.max_reply_chars > 0, f"{key}.max_reply_chars", "must be > 0")
+    _check(name != "answer", key, "the tool named 'answer' ends a trajectory; an mcp entry offers its server's "
+                                  "tools under their own names, not its own")
 
 
 def validate(cfg: Config) -> Config:
@@ -43,8 +58,8 @@ def validate(cfg: Config) -> Config:
     _check(cfg.tools.num_executors > 0, "tools.num_executors", "must be > 0")
     enabled = {n for n, t in tools.items() if t.enabled}
     _check("answer" in enabled, "tools.tools", "an enabled tool named 'answer' is required (it ends a trajectory)")
-    for name in r.constrained_tools:
-        _check(name in enabled, "rollout.constrained_tools",
+    for name in r.constrained_tools:  # the names of the tools an mcp entry contributes are known once it runs
+        _check(name in enabled and tools[name].kind != "mcp", "rollout.constrained_tools",
                f"no enabled tool named {name!r}; tools: {', '.join(sorted(enabled))}")
     for name, t in tools.items():
         key = f"tools.tools.{name}"
@@ -71,6 +86,8 @@ def validate(cfg: Config) -> Config:
             _check(t.backend != "tavily" or bool(t.api_key_env), f"{key}.api_key_env",
                    "the tavily backend needs an API key: set api_key_env to the name of an environment variable "
                    "that holds it")
+        if t.kind == "mcp":
+            _check_mcp(key, name, t)
         if t.kind == "python":
             for p in ("cpu_time_s", "memory_mb", "max_processes", "max_file_mb", "max_output_bytes"):
                 _check(getattr(t, p) > 0, f"{key}.{p}", "must be > 0")

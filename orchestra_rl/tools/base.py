@@ -1,7 +1,7 @@
 """The one tool protocol, the registry of tool kinds, and pricing.
 
 A tool has an OpenAI function schema and an async `call(arguments) -> ToolResult`. Tools are declared in
-`conf/tools/*.yaml` by *kind* (python, search, llm, answer), so a new tool of a known kind — another expert
+`conf/tools/*.yaml` by *kind* (python, search, llm, answer, mcp), so a new tool of a known kind — another expert
 model behind an OpenAI-compatible endpoint, say — is added by config alone.
 """
 
@@ -35,10 +35,13 @@ class Tool(abc.ABC):
 
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
 
-    def __init__(self, name: str, description: str, pricing: Pricing = Pricing()):
+    def __init__(self, name: str, description: str, pricing: Pricing = Pricing(), entry: str = ""):
         self.name = name
         self.description = description
         self.pricing = pricing
+        # The tools.tools key that declared this tool (its concurrency and deadline): the tool's own name, except for
+        # the tools an MCP server entry contributes.
+        self.entry = entry or name
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-calling schema shown to the orchestrator."""
@@ -72,7 +75,9 @@ class Tool(abc.ABC):
         """Release clients/processes; most tools hold none."""
 
 
-# Each tool module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`; orchestra_rl.tools.registry maps kinds to them.
+# Each tool module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`, or, for a kind whose one entry
+# contributes several tools (mcp), `tools_from_config(...) -> dict[str, Tool]`; orchestra_rl.tools.registry maps kinds
+# to them.
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,13 @@ class ToolExecutor:
 
     def __init__(self, tools_cfg: ToolsConfig, ctx: ToolContext):
         self.tools = build_tools(tools_cfg, ctx)
-        self.slots = {name: asyncio.Semaphore(tools_cfg.tools[name].max_concurrency) for name in self.tools}
-        # Tools that retry (llm, tavily search) may take longer than one timeout; they declare their worst case.
+        # A tool's limits are its entry's: the tools of one MCP server entry share its max_concurrency slots.
+        entry_slots = {tool.entry: asyncio.Semaphore(tools_cfg.tools[tool.entry].max_concurrency)
+                       for tool in self.tools.values()}
+        self.slots = {name: entry_slots[tool.entry] for name, tool in self.tools.items()}
+        # Tools that retry (llm, tavily search, mcp) may take longer than one timeout; they declare their worst case.
         self.deadlines = {
-            name: getattr(tool, "deadline_s", tools_cfg.tools[name].timeout_s) + DEADLINE_MARGIN_S
+            name: getattr(tool, "deadline_s", tools_cfg.tools[tool.entry].timeout_s) + DEADLINE_MARGIN_S
             for name, tool in self.tools.items()
         }
         self.tool_stats = {name: ToolStats() for name in self.tools}
@@ -93,6 +96,7 @@ class ToolExecutor:
         return {name: asdict(s) for name, s in self.tool_stats.items()}
 
     async def close(self) -> None:
+        """Release every tool's clients and processes (MCP sessions: a stdio server exits)."""
         for tool in self.tools.values():
             await tool.close()
 
@@ -108,6 +112,15 @@ def make_executor(tools_cfg: ToolsConfig, ctx: ToolContext, num_cpus: float | No
         max_task_retries=EXECUTOR_CALL_RETRIES,
     )
     return actor.remote(tools_cfg, ctx)
+
+
+def close_executor(executor: ray.actor.ActorHandle, timeout_s: float = 30.0) -> None:
+    """Close an executor actor's tools (MCP servers stop), then kill it; a close that fails or hangs is logged."""
+    try:
+        ray.get(executor.close.remote(), timeout=timeout_s)
+    except Exception as exc:
+        log.warning("tool executor: closing its tools failed (%s); killing it", type(exc).__name__)
+    ray.kill(executor)
 
 
 class ToolPool:

@@ -1,24 +1,69 @@
 """Build the configured tools by kind.
 
-Each kind's module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`. Modules are imported only for
-the kinds a config uses, so, say, a config without the python tool needs no sandbox installed.
+Each kind's module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`: one entry, one tool of that name.
+A kind whose one entry contributes several tools (mcp: every tool of a server) exposes instead
+`tools_from_config(name, ToolConfig, ToolContext) -> dict[str, Tool]`, by the names the policy sees. Modules are
+imported only for the kinds a config uses, so, say, a config without the python tool needs no sandbox installed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib
 from typing import Any
 
-from orchestra_rl.config import TOOL_KINDS, ToolsConfig
+from orchestra_rl.config import TOOL_KINDS, ConfigError, ToolConfig, ToolsConfig
 from orchestra_rl.tools.base import Tool, ToolContext
 
 KIND_MODULES = {kind: f"orchestra_rl.tools.{kind}" for kind in TOOL_KINDS}
 
 
+def contributes_many(kind: str) -> bool:
+    """Whether an entry of `kind` contributes tools of their own names (mcp), not one tool of the entry's name."""
+    return hasattr(importlib.import_module(KIND_MODULES[kind]), "tools_from_config")
+
+
+def entry_tools(name: str, cfg: ToolConfig, ctx: ToolContext) -> dict[str, Tool]:
+    """The tools the entry tools.tools.<name> contributes, by name."""
+    module = importlib.import_module(KIND_MODULES[cfg.kind])
+    if contributes_many(cfg.kind):
+        return module.tools_from_config(name, cfg, ctx)
+    return {name: module.from_config(name, cfg, ctx)}
+
+
 def build_tools(tools_cfg: ToolsConfig, ctx: ToolContext) -> dict[str, Tool]:
-    """Every enabled tool of the (validated) config, by name."""
-    return {name: importlib.import_module(KIND_MODULES[cfg.kind]).from_config(name, cfg, ctx)
-            for name, cfg in tools_cfg.tools.items() if cfg.enabled}
+    """Every tool of the (validated) config's enabled entries, by name, in config order. Two tools of one name are
+    a ConfigError. On any failure, the tools built so far are closed first (their MCP servers stopped)."""
+    enabled = {name: cfg for name, cfg in tools_cfg.tools.items() if cfg.enabled}
+    singles = {name for name, cfg in enabled.items() if not contributes_many(cfg.kind)}  # a tool of the entry's name
+    tools: dict[str, Tool] = {}
+    built: list[Tool] = []  # every tool built, to close on a failure
+    try:
+        for name, cfg in enabled.items():
+            contributed = entry_tools(name, cfg, ctx)
+            built += contributed.values()
+            for tool_name, tool in contributed.items():
+                other = tools[tool_name].entry if tool_name in tools else (
+                    tool_name if tool_name in singles and tool_name != name else None)
+                if other is not None:
+                    raise ConfigError(f"tools.tools.{name}", f"contributes a tool named {tool_name!r}, as does "
+                                                             f"tools.tools.{other}: tool names must be unique (an mcp "
+                                                             "entry can set a prefix, or include fewer tools)")
+                tools[tool_name] = tool
+    except BaseException:
+        close_now(built)
+        raise
+    return tools
+
+
+def close_now(tools: list[Tool]) -> None:
+    """Close `tools` from synchronous code, even inside a running event loop (on a thread of its own)."""
+    async def close_all() -> None:
+        await asyncio.gather(*(tool.close() for tool in tools), return_exceptions=True)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, close_all()).result()
 
 
 def tool_schemas(tools: dict[str, Tool]) -> list[dict[str, Any]]:

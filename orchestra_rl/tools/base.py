@@ -75,6 +75,13 @@ class Tool(abc.ABC):
         """Release clients/processes; most tools hold none."""
 
 
+def cut_reply(text: str, max_chars: int) -> str:
+    """A remote reply as it enters the trajectory: at most `max_chars`, and said so when cut."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}\n[reply cut: {max_chars} of {len(text)} characters]"
+
+
 # Each tool module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`, or, for a kind whose one entry
 # contributes several tools (mcp), `tools_from_config(...) -> dict[str, Tool]`; orchestra_rl.tools.registry maps kinds
 # to them.

@@ -19,7 +19,7 @@ from typing import Any
 import openai
 
 from orchestra_rl.config import ConfigError, ToolConfig
-from orchestra_rl.tools.base import Pricing, Tool, ToolContext, api_key_from_env
+from orchestra_rl.tools.base import Pricing, Tool, ToolContext, api_key_from_env, cut_reply
 from orchestra_rl.tools.retry import CallFailed, Retry
 from orchestra_rl.types import ToolResult
 
@@ -153,8 +153,7 @@ class LLMTool(Tool):
         if estimated:  # billed all the same: the provider charged for the tokens it did not report
             tokens_in = estimate_tokens("\n".join(m["content"] for m in messages))
             tokens_out = estimate_tokens(text)
-        if len(text) > self.max_reply_chars:
-            text = f"{text[:self.max_reply_chars]}\n[reply cut: {self.max_reply_chars} of {len(text)} characters]"
+        text = cut_reply(text, self.max_reply_chars)
         return ToolResult(
             text=text,
             cost_usd=self.pricing.cost(tokens_in, tokens_out) + reported,

@@ -33,7 +33,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from orchestra_rl.config import ConfigError, ToolConfig
-from orchestra_rl.tools.base import Pricing, Tool, ToolContext, api_key_from_env
+from orchestra_rl.tools.base import Pricing, Tool, ToolContext, api_key_from_env, cut_reply
 from orchestra_rl.tools.retry import CallFailed, Retry
 from orchestra_rl.types import ToolResult
 
@@ -286,8 +286,7 @@ class MCPTool(Tool):
             error = f"{self.server!r}, tool {self.remote_name!r}: {failed}"
             return ToolResult(text=f"Error: {error}", latency_s=time.perf_counter() - start, error=error)
         text = content_text(result)
-        if len(text) > self.max_reply_chars:
-            text = f"{text[:self.max_reply_chars]}\n[reply cut: {self.max_reply_chars} of {len(text)} characters]"
+        text = cut_reply(text, self.max_reply_chars)
         latency, cost = time.perf_counter() - start, self.pricing.cost()  # answered: billed, error or not
         if result.is_error:
             error = text or f"tool {self.name!r} reported an error"

@@ -19,15 +19,10 @@ from orchestra_rl.tools.base import Tool, ToolContext
 KIND_MODULES = {kind: f"orchestra_rl.tools.{kind}" for kind in TOOL_KINDS}
 
 
-def contributes_many(kind: str) -> bool:
-    """Whether an entry of `kind` contributes tools of their own names (mcp), not one tool of the entry's name."""
-    return hasattr(importlib.import_module(KIND_MODULES[kind]), "tools_from_config")
-
-
 def entry_tools(name: str, cfg: ToolConfig, ctx: ToolContext) -> dict[str, Tool]:
     """The tools the entry tools.tools.<name> contributes, by name."""
     module = importlib.import_module(KIND_MODULES[cfg.kind])
-    if contributes_many(cfg.kind):
+    if hasattr(module, "tools_from_config"):  # one entry, several tools (mcp)
         return module.tools_from_config(name, cfg, ctx)
     return {name: module.from_config(name, cfg, ctx)}
 
@@ -35,21 +30,20 @@ def entry_tools(name: str, cfg: ToolConfig, ctx: ToolContext) -> dict[str, Tool]
 def build_tools(tools_cfg: ToolsConfig, ctx: ToolContext) -> dict[str, Tool]:
     """Every tool of the (validated) config's enabled entries, by name, in config order. Two tools of one name are
     a ConfigError. On any failure, the tools built so far are closed first (their MCP servers stopped)."""
-    enabled = {name: cfg for name, cfg in tools_cfg.tools.items() if cfg.enabled}
-    singles = {name for name, cfg in enabled.items() if not contributes_many(cfg.kind)}  # a tool of the entry's name
     tools: dict[str, Tool] = {}
     built: list[Tool] = []  # every tool built, to close on a failure
     try:
-        for name, cfg in enabled.items():
+        for name, cfg in tools_cfg.tools.items():
+            if not cfg.enabled:
+                continue
             contributed = entry_tools(name, cfg, ctx)
             built += contributed.values()
             for tool_name, tool in contributed.items():
-                other = tools[tool_name].entry if tool_name in tools else (
-                    tool_name if tool_name in singles and tool_name != name else None)
-                if other is not None:
+                if tool_name in tools:
                     raise ConfigError(f"tools.tools.{name}", f"contributes a tool named {tool_name!r}, as does "
-                                                             f"tools.tools.{other}: tool names must be unique (an mcp "
-                                                             "entry can set a prefix, or include fewer tools)")
+                                                             f"tools.tools.{tools[tool_name].entry}: tool names must "
+                                                             "be unique (an mcp entry can set a prefix, or include "
+                                                             "fewer tools)")
                 tools[tool_name] = tool
     except BaseException:
         close_now(built)

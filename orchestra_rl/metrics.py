@@ -3,12 +3,20 @@ report (means per trajectory; errors as counts)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from statistics import fmean
 from typing import Any
 
 from orchestra_rl.types import Trajectory
+
+# Tool kinds whose arguments must carry the task's own inputs: a python call's code, a search's query.
+COPYING_KINDS = ("python", "search")
+_NUMBER = re.compile(r"\d[\d,]*\d|\d")  # thousands separators allowed, as passages may write them
+# A name: capitalised words in a row ("Fonbrouk Holdings"); a single capitalised word opening the question is the
+# question word ("What", "In"), not a name.
+_NAME = re.compile(r"[A-Z][a-z]+(?: [A-Z][a-z]+)*")
 
 
 def trajectory_stats(trajectories: list[Trajectory], tool_names: Collection[str] | None = None) -> dict[str, Any]:
@@ -30,3 +38,42 @@ def trajectory_stats(trajectories: list[Trajectory], tool_names: Collection[str]
         "failed": sum(t.stop_reason == "error" for t in trajectories),  # see Trajectory.error
         "stop_reasons": dict(Counter(t.stop_reason for t in trajectories)),
     }
+
+
+def copying_tools(tools: Mapping[str, Any]) -> dict[str, str]:
+    """name -> kind of the configured tools (cfg.tools.tools) whose calls argument_fidelity judges."""
+    return {name: t.kind for name, t in tools.items() if t.kind in COPYING_KINDS}
+
+
+def numbers_in(text: str) -> set[str]:
+    return {m.replace(",", "") for m in _NUMBER.findall(text)}
+
+
+def names_in(question: str) -> set[str]:
+    return {m.group() for m in _NAME.finditer(question) if not (m.start() == 0 and " " not in m.group())}
+
+
+def faithful_call(kind: str, arguments: dict[str, Any], question: str, earlier_results: list[str]) -> bool:
+    """Whether a call's arguments carry the task's inputs verbatim. python: its code uses numbers, and every one
+    of them is written in the question or in an earlier tool response (copied, not invented or garbled). search:
+    its query contains one of the question's names, or a number of it when it names nothing."""
+    text = " ".join(str(v) for v in arguments.values())
+    if kind == "python":
+        used = numbers_in(text)
+        return bool(used) and used <= numbers_in(" ".join([question, *earlier_results]))
+    keys = names_in(question) or numbers_in(question)
+    return any(key in text for key in keys)
+
+
+def argument_fidelity(trajectories: list[Trajectory], questions: Mapping[str, str],
+                      copying: Mapping[str, str]) -> float | None:
+    """The share of calls to `copying` tools (name -> kind) whose arguments carry the task's numbers or names
+    verbatim (faithful_call): whether the policy can copy what a cheap local tool needs. None: no such call."""
+    verdicts = []
+    for t in trajectories:
+        results: list[str] = []
+        for call in t.tool_calls:
+            if call.name in copying:
+                verdicts.append(faithful_call(copying[call.name], call.arguments, questions[t.task_id], results))
+            results.append(call.result.text)
+    return fmean(verdicts) if verdicts else None

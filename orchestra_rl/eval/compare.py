@@ -27,6 +27,7 @@ from orchestra_rl.eval.baselines import expand_baselines, run_baseline
 from orchestra_rl.eval.pareto import pareto_front, plot_pareto
 from orchestra_rl.eval.report import print_side_by_side, summarize
 from orchestra_rl.eval.run import evaluate, select_tasks, write_eval
+from orchestra_rl.metrics import copying_tools
 from orchestra_rl.system import System
 from orchestra_rl.types import Task
 
@@ -57,8 +58,8 @@ def run_comparison(cfg: Config) -> dict[str, Any]:
             for name in baselines:
                 start = time.perf_counter()
                 trajectories = run_baseline(cfg, system, tasks, name, e.group_size)
-                record(name, "baseline", None, tasks, trajectories, summarize(trajectories, tasks, system.tool_names),
-                       time.perf_counter() - start)
+                summary = summarize(trajectories, tasks, system.tool_names, copying_tools(cfg.tools.tools))
+                record(name, "baseline", None, tasks, trajectories, summary, time.perf_counter() - start)
     if len({tuple(ids) for ids in task_ids.values()}) != 1:  # the comparison's premise, checked
         raise RuntimeError(f"the entries were evaluated on different tasks: {task_ids}")
 

@@ -4,7 +4,7 @@ family (a τ²-Bench source is a family of its own)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from math import comb
 from statistics import fmean
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestra_rl.metrics import trajectory_stats
+from orchestra_rl.metrics import argument_fidelity, trajectory_stats
 from orchestra_rl.reward.outcome import outcome_score, solved
 from orchestra_rl.types import Task, Trajectory
 
@@ -33,13 +33,15 @@ def _trials(trajectories: list[Trajectory], tasks: dict[str, Task]) -> list[tupl
     return [(len(v), sum(v)) for v in by_task.values()]
 
 
-def _summary(trajectories: list[Trajectory], tasks: dict[str, Task],
-             tool_names: Collection[str] | None) -> dict[str, Any]:
+def _summary(trajectories: list[Trajectory], tasks: dict[str, Task], tool_names: Collection[str] | None,
+             copying: Mapping[str, str]) -> dict[str, Any]:
     accuracy = fmean(solved(t, tasks[t.task_id]) for t in trajectories)
     trials = _trials(trajectories, tasks)
     # pass^k for every k all tasks were tried that often (k = 1 .. the group size of an eval)
     pass_hat = {f"pass^{k}": pass_hat_k(trials, k) for k in range(1, min(n for n, _ in trials) + 1)}
-    return {"accuracy": accuracy, "tasks": len(trials), **pass_hat, **trajectory_stats(trajectories, tool_names)}
+    fidelity = argument_fidelity(trajectories, {t.task_id: tasks[t.task_id].question for t in trajectories}, copying)
+    return {"accuracy": accuracy, "tasks": len(trials), **pass_hat, **trajectory_stats(trajectories, tool_names),
+            "argument_fidelity": fidelity}
 
 
 def task_results(trajectories: list[Trajectory], tasks: list[Task]) -> list[dict[str, Any]]:
@@ -66,17 +68,20 @@ def task_results(trajectories: list[Trajectory], tasks: list[Task]) -> list[dict
     return records
 
 
-def summarize(trajectories: list[Trajectory], tasks: list[Task],
-              tool_names: Collection[str] | None = None) -> dict[str, Any]:
+def summarize(trajectories: list[Trajectory], tasks: list[Task], tool_names: Collection[str] | None = None,
+              copying: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Overall and per-family metrics. Accuracy counts the trajectories that solved their task (reward.outcome:
-    the rules, or the environment's grader; never the LLM judge). Calls to names outside `tool_names` (if given) count as UNKNOWN_TOOL."""
+    the rules, or the environment's grader; never the LLM judge). Calls to names outside `tool_names` (if given)
+    count as UNKNOWN_TOOL. `copying` (name -> kind, metrics.copying_tools): the tools whose calls the argument
+    fidelity judges (None where there are none)."""
     if not trajectories:
         raise ValueError("no trajectories to summarize")
     by_id = {t.task_id: t for t in tasks}
     families = sorted({t.family for t in trajectories})
     return {
-        "overall": _summary(trajectories, by_id, tool_names),
-        "families": {f: _summary([t for t in trajectories if t.family == f], by_id, tool_names) for f in families},
+        "overall": _summary(trajectories, by_id, tool_names, copying or {}),
+        "families": {f: _summary([t for t in trajectories if t.family == f], by_id, tool_names, copying or {})
+                     for f in families},
     }
 
 
@@ -84,19 +89,24 @@ def _mix(mix: dict[str, float]) -> str:
     return ", ".join(f"{name} {v:.2f}" for name, v in sorted(mix.items(), key=lambda kv: -kv[1])) or "-"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def print_summary(summary: dict[str, Any], title: str, console: Console | None = None) -> None:
     """One row per family and one for all: trajectories, accuracy, pass^2 .. pass^k where every task had k trials
-    (the accuracy is pass^1), $ cost and latency per trajectory, turns, tool mix, errors."""
+    (the accuracy is pass^1), $ cost and latency per trajectory, turns, tool mix, argument fidelity, errors."""
     table = Table(title=title)
     rows = list(summary["families"].items()) + [("all", summary["overall"])]
     ks = [key for key in summary["overall"] if key.startswith("pass^") and key != "pass^1"]
     for col in ("family", "n", "accuracy", *ks, "$ cost", "latency s", "turns", "tool calls / trajectory",
-                "parse err", "tool err"):
+                "arg fidelity", "parse err", "tool err"):
         table.add_column(col, justify="left" if col in ("family", "tool calls / trajectory") else "right")
     for name, s in rows:
         table.add_row(name, str(s["trajectories"]), f"{s['accuracy']:.3f}", *(f"{s[k]:.3f}" for k in ks),
                       f"{s['cost_usd']:.6f}", f"{s['latency_s']:.2f}", f"{s['turns']:.1f}",
-                      _mix(s["tool_calls_per_trajectory"]), str(s["parse_errors"]), str(s["tool_errors"]))
+                      _mix(s["tool_calls_per_trajectory"]), _share(s.get("argument_fidelity")),
+                      str(s["parse_errors"]), str(s["tool_errors"]))
     (console or Console(width=160)).print(table)
 
 

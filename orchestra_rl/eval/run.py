@@ -14,6 +14,7 @@ from tqdm import tqdm
 from orchestra_rl.config import Config, as_plain
 from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.eval.report import print_summary, summarize, task_results
+from orchestra_rl.metrics import copying_tools
 from orchestra_rl.reward.outcome import solved
 from orchestra_rl.system import System
 from orchestra_rl.types import Task, Trajectory
@@ -41,7 +42,7 @@ def evaluate(system: System, split: str, max_tasks: int, group_size: int, desc: 
             bar.set_postfix(accuracy=f"{correct / bar.n:.3f}")
 
         trajectories = system.rollout.rollout(tasks, group_size, on_done=on_done)
-    return summarize(trajectories, tasks, system.tool_names), trajectories
+    return summarize(trajectories, tasks, system.tool_names, copying_tools(system.cfg.tools.tools)), trajectories
 
 
 def write_eval(out_dir: Path, report: dict[str, Any], trajectories: list[Trajectory], tasks: list[Task]) -> None:

@@ -13,7 +13,7 @@ from statistics import fmean
 import ray
 
 from orchestra_rl.config import Config, RewardConfig, ToolConfig
-from orchestra_rl.metrics import trajectory_stats
+from orchestra_rl.metrics import argument_fidelity, copying_tools, trajectory_stats
 from orchestra_rl.reward.mix import mix_group
 from orchestra_rl.reward.outcome import judge, outcome_score
 from orchestra_rl.tools import llm
@@ -23,9 +23,10 @@ from orchestra_rl.types import Task, Trajectory, in_task_order
 
 class RewardActor:
     def __init__(self, cfg: RewardConfig, tool_names: list[str], judge_cfg: ToolConfig | None = None,
-                 ctx: ToolContext | None = None):
-        """`cfg` is validated (config.validate); `judge_cfg` is the ToolConfig of cfg.judge_tool, if one is named."""
-        self.cfg, self.tool_names = cfg, list(tool_names)
+                 ctx: ToolContext | None = None, copying: dict[str, str] | None = None):
+        """`cfg` is validated (config.validate); `judge_cfg` is the ToolConfig of cfg.judge_tool, if one is named;
+        `copying`: the tools whose argument fidelity a batch's metrics report (metrics.copying_tools)."""
+        self.cfg, self.tool_names, self.copying = cfg, list(tool_names), dict(copying or {})
         self.judge_tool: llm.LLMTool | None = None
         if judge_cfg is not None:
             self.judge_tool = llm.from_config(cfg.judge_tool, judge_cfg, ctx or ToolContext())
@@ -65,7 +66,7 @@ class RewardActor:
         batch's metrics (call with num_returns=2: the driver takes only the metrics)."""
         trajectories = in_task_order([t for chunk in await asyncio.gather(*rollouts) for t in chunk], tasks)
         scored = await self.score(trajectories, {t.task_id: t for t in tasks})
-        return scored, batch_metrics(scored, tool_names)
+        return scored, batch_metrics(scored, tool_names, {t.task_id: t.question for t in tasks}, self.copying)
 
     async def close(self) -> None:
         if self.judge_tool is not None:
@@ -83,11 +84,15 @@ def summary(scored: list[Trajectory]) -> dict[str, float]:
     return means
 
 
-def batch_metrics(scored: list[Trajectory], tool_names: list[str]) -> dict[str, float]:
+def batch_metrics(scored: list[Trajectory], tool_names: list[str], questions: dict[str, str] | None = None,
+                  copying: dict[str, str] | None = None) -> dict[str, float]:
     """What a training step logs of its batch: the trajectory statistics, the reward and its components, the
-    tool mix (calls per trajectory)."""
+    tool mix (calls per trajectory), and the argument fidelity of the `copying` tools' calls when there were any."""
     stats = trajectory_stats(scored, tool_names)
     metrics = {"rollout/reward": fmean(t.reward for t in scored)}
+    fidelity = argument_fidelity(scored, questions or {}, copying or {})
+    if fidelity is not None:
+        metrics["rollout/argument_fidelity"] = fidelity
     metrics |= {f"rollout/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
     metrics |= {f"reward/{k}": v for k, v in summary(scored).items()}
     return metrics | {f"tools/{name}": v for name, v in stats["tool_calls_per_trajectory"].items()}
@@ -97,4 +102,5 @@ def make_reward_actor(cfg: Config, ctx: ToolContext) -> ray.actor.ActorHandle:
     """Start a RewardActor. Every configured tool name (enabled or not) is a valid preference key."""
     judge_cfg = cfg.tools.tools[cfg.reward.judge_tool] if cfg.reward.judge_tool else None
     # num_cpus=0: the actor does arithmetic and waits on the judge; it should not take a CPU from a worker.
-    return ray.remote(RewardActor).options(num_cpus=0).remote(cfg.reward, list(cfg.tools.tools), judge_cfg, ctx)
+    return ray.remote(RewardActor).options(num_cpus=0).remote(cfg.reward, list(cfg.tools.tools), judge_cfg, ctx,
+                                                              copying_tools(cfg.tools.tools))

@@ -84,12 +84,23 @@ _TRAINING_LINES = [
 ] + [f"{a} * {b} + {a + b} = {a * b + a + b}" for a in range(3, 400, 7) for b in range(11, 90, 13)]
 
 
+def pre_tokenizer():
+    """Every digit a token of its own, then byte-level BPE: a number is the same tokens wherever it is written
+    (" 4812331" in a question and "(4812331" in code would otherwise share none), so copying it into a tool call
+    is copying tokens — which a small transformer learns — not re-spelling it. The generated names of the world
+    are rare words, spelt in short pieces that are the same after a space or a quote."""
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False)])
+
+
 def _train_tokenizer(vocab_size: int, word_tokens: list[str]):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(TOOL_TOKENS),
@@ -117,7 +128,8 @@ def tiny_model_dir(cfg: ModelConfig) -> Path:
     """Where the tiny model for this architecture config lives (content-addressed by the config)."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens")
-    spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES}
+    spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES,
+                                                 "pre_tokenizer": repr(pre_tokenizer())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(os.path.expanduser(cfg.cache_dir)) / f"tiny-qwen3-{digest}"
 

@@ -5,11 +5,15 @@ context so far (decoded with the policy's tokenizer), recognises the task by its
 received, and writes the next turn as a tool call in the chat template's format. Its token ids are what the
 policy "sampled" (logprob 0.0), so a demonstration is a `Trajectory` like any rollout, with real tool results.
 
-Tool choice is varied on purpose, not optimal: per trajectory it picks one of the strategies that can solve the
-task's family (expected accuracy >= MIN_STRATEGY_ACCURACY under the configured tools and experts, see
-data/strategies.py), rotating through them over group indices. SFT then teaches the format and how to read
-tool responses; which tool is worth its cost is left for RL. Answers come only from tool responses: the policy
-knows the gold answer, but uses it only to recognise which number in a search passage is the fact asked for.
+Tool choice is varied on purpose, and blind to the task: every family draws from one pool of strategies (each
+that solves some family: expected accuracy >= MIN_STRATEGY_ACCURACY under the configured tools and experts, see
+data/strategies.py), rotating through them over group indices, so a lookup question is as likely to go to python
+as an arithmetic one. SFT then teaches the format, how to fill a tool's arguments from the question and how to
+read tool responses; which tool suits which task, and which is worth its cost, is left for RL. Arguments are
+filled as well as the tool allows (a search for the question, the expression once its numbers are known; a
+python call on a question without arithmetic prints the question: a call that cannot help). Answers come only
+from tool responses: the policy knows the gold answer, but uses it only to recognise which number in a search
+passage is the fact asked for.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from orchestra_rl.data.strategies import expected_outcomes
 from orchestra_rl.rollout.engine import Generation, scripted_generation
 from orchestra_rl.types import Task, ToolCall
 
-# A strategy is demonstrated for a family when its expected accuracy reaches this. With the default experts:
-# arithmetic: python, math_expert, small_generalist, large_generalist; lookup: search, large_generalist;
-# multihop: search, search, python or large_generalist; hard: small_generalist or large_generalist.
+# A strategy is in the demonstrations' pool when its expected accuracy reaches this on some family. With the
+# default tools and experts: python, math_expert, small_generalist, large_generalist (arithmetic), search (lookup),
+# search -> search -> python (multihop).
 MIN_STRATEGY_ACCURACY = 0.25
 UNKNOWN = "unknown"  # the answer when the tool responses do not contain one
 # Search keywords of the multihop attributes (each word appears next to its fact in the corpus).
@@ -50,16 +54,16 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
-    """Per family, the tool sequences (answer call not included) a demonstration may use."""
-    strategies: dict[str, list[tuple[str, ...]]] = {}
-    for s in expected_outcomes(cfg):
-        if s.accuracy >= MIN_STRATEGY_ACCURACY:
-            strategies.setdefault(s.family, []).append(s.tools)
-    missing = [f for f in cfg.data.families if f not in strategies]
+    """Per family, the tool sequences (answer call not included) a demonstration may use: the same pool for
+    every family, each strategy that solves some family, in a fixed order."""
+    outcomes = expected_outcomes(cfg)
+    pool = list(dict.fromkeys(s.tools for s in outcomes if s.accuracy >= MIN_STRATEGY_ACCURACY))
+    solvable = {s.family for s in outcomes if s.accuracy >= MIN_STRATEGY_ACCURACY}
+    missing = [f for f in cfg.data.families if f not in solvable]
     if missing:
         raise ValueError(f"no enabled tool strategy reaches accuracy {MIN_STRATEGY_ACCURACY} for families "
                          f"{', '.join(missing)}: enable their tools (tools.tools) or experts (data.experts)")
-    return strategies
+    return {family: list(pool) for family in cfg.data.families}
 
 
 def find_span(text: str, value: str) -> str | None:
@@ -142,14 +146,12 @@ class ScriptedPolicy:
         plan = self.strategy(task)
         step = len(responses)
         if step < len(plan):
-            arguments = self._arguments(task, plan, step, responses)
-            if arguments is not None:
-                return plan[step], arguments
+            return plan[step], self._arguments(task, plan, step, responses)
         return self.answer_tool, {"answer": self._answer(task, plan[:step], responses)}
 
     def _arguments(self, task: Task, plan: tuple[str, ...], step: int,
-                   responses: list[str]) -> dict[str, Any] | None:
-        """Arguments of the plan's step-th call; None if the responses so far do not allow it (then answer)."""
+                   responses: list[str]) -> dict[str, Any]:
+        """Arguments of the plan's step-th call, from the question and the responses so far."""
         kind = self.tool_kinds[plan[step]]
         if kind == "llm":
             # Experts configured with include_task receive the task itself: the call only has to route it.
@@ -161,16 +163,14 @@ class ScriptedPolicy:
                 return {"query": f"{entity} {ATTRIBUTE_KEYWORDS.get(attribute, attribute.replace('_', ' '))}"}
             return {"query": task.question}
         if kind == "python":
-            if task.family == "multihop":
-                # The task's expression over the two facts, if the searches returned both.
-                expression = task.metadata["expression"]
-                searched = "\n".join(responses)
-                if all(find_span(searched, n) for n in re.findall(r"\d+", expression)):
-                    return {"code": f"print({expression})"}
-                return None
+            # The task's expression once every number in it has been read: in the question (arithmetic), in the
+            # searches' passages (multihop). Otherwise the program can only print the question.
             m = _ARITHMETIC_QUESTION.fullmatch(task.question)
-            expression = m.group(1) if m else task.metadata.get("expression")
-            return {"code": f"print({expression})"} if expression else None  # no arithmetic to run
+            expression = task.metadata.get("expression") or (m.group(1) if m else "")
+            seen = "\n".join([task.question, *responses])
+            if re.search(r"\d", expression) and all(find_span(seen, n) for n in re.findall(r"\d+", expression)):
+                return {"code": f"print({expression})"}
+            return {"code": f"print({task.question!r})"}
         raise ValueError(f"the scripted policy cannot call tool {plan[step]!r} of kind {kind!r}")
 
     def _answer(self, task: Task, called: tuple[str, ...], responses: list[str]) -> str:

@@ -2,19 +2,22 @@
 (ToolExecutor actor with the python sandbox and BM25 search, simulated experts on Ray Serve)."""
 
 import json
+import re
+from collections import Counter
 
 import pytest
 from transformers import AutoTokenizer
 
 from orchestra_rl.config import final_tool_names
 from orchestra_rl.data.sampler import interleave_families
-from orchestra_rl.data.world import load_tasks
+from orchestra_rl.data.strategies import LOCAL_STRATEGIES
+from orchestra_rl.data.world import build_world, load_tasks
 from orchestra_rl.envs.qa import question_with_preference
 from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system
-from orchestra_rl.sft.scripted import (UNKNOWN, demo_strategies, find_span, format_tool_call, read_expert,
-                                       read_python)
+from orchestra_rl.sft.scripted import (UNKNOWN, ScriptedPolicy, demo_strategies, find_span, format_tool_call,
+                                       read_expert, read_python)
 from tests.helpers import free_port, policy_segments
 
 GROUPS = 4
@@ -46,16 +49,41 @@ def test_reading_tool_responses():
     assert read_python("Error: tool 'python' timed out after 11.0 s") == UNKNOWN
 
 
-def test_strategies_are_those_that_can_solve_each_family(make_config):
-    strategies = demo_strategies(make_config())
-    assert set(strategies["arithmetic"]) == {("python",), ("math_expert",), ("small_generalist",),
-                                             ("large_generalist",)}
-    assert set(strategies["lookup"]) == {("search",), ("large_generalist",)}
-    assert set(strategies["multihop"]) == {("search", "search", "python"), ("large_generalist",)}
-    assert set(strategies["hard"]) == {("small_generalist",), ("large_generalist",)}
+def test_every_family_draws_its_tools_from_one_pool_of_the_strategies_that_solve_some_family(make_config,
+                                                                                            tiny_model_path):
+    cfg = make_config()
+    strategies = demo_strategies(cfg)
+    pool = [("python",), ("math_expert",), ("small_generalist",), ("large_generalist",), ("search",),
+            ("search", "search", "python")]
+    assert set(strategies) == {"arithmetic", "lookup", "multihop", "hard"}
+    assert all(sorted(options) == sorted(pool) for options in strategies.values())  # no family-specific subset
+    # Over len(pool) group indices every task gets every strategy once: tool choice is independent of the family.
+    tasks = load_tasks(build_world(cfg.data), "train")
+    policy = ScriptedPolicy.from_config(cfg, AutoTokenizer.from_pretrained(tiny_model_path), tasks)
+    for family in strategies:
+        of_family = [t for t in tasks if t.family == family]
+        chosen = Counter(policy.for_group(g).strategy(t) for t in of_family for g in range(len(pool)))
+        assert chosen == {s: len(of_family) for s in pool}, family
     with pytest.raises(ValueError, match="hard"):  # no expert left that can answer hidden facts
         demo_strategies(make_config("tools.tools.small_generalist.enabled=false",
                                     "tools.tools.large_generalist.enabled=false"))
+
+
+def test_arguments_are_filled_from_the_question_and_the_responses(make_config, tiny_model_path):
+    cfg = make_config()
+    tasks = load_tasks(build_world(cfg.data), "train")
+    policy = ScriptedPolicy.from_config(cfg, AutoTokenizer.from_pretrained(tiny_model_path), tasks)
+    arithmetic, lookup, multihop = (next(t for t in tasks if t.family == f) for f in ("arithmetic", "lookup",
+                                                                                      "multihop"))
+    python = ("python",)
+    assert policy._arguments(arithmetic, python, 0, []) == {"code": f"print({arithmetic.metadata['expression']})"}
+    # nothing to compute in a lookup question, nor in a multihop one before its facts are read: the question
+    assert policy._arguments(lookup, python, 0, []) == {"code": f"print({lookup.question!r})"}
+    assert policy._arguments(multihop, python, 0, []) == {"code": f"print({multihop.question!r})"}
+    facts = [f"It has {n}." for n in re.findall(r"\d+", multihop.metadata["expression"])]
+    assert policy._arguments(multihop, ("search", "search", "python"), 2, facts) == \
+        {"code": f"print({multihop.metadata['expression']})"}
+    assert policy._arguments(arithmetic, ("search",), 0, []) == {"query": arithmetic.question}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +113,7 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
         names = [t.calls[0].name for t in tr.turns]
         assert names[-1] in final_tool_names(cfg)
         strategy = tuple(names[:-1]) if names[-1] == "answer" else tuple(names)
+        assert strategy == scripted.policy.for_group(tr.group_index).strategy(task)
         assert strategy in options[task.family]
         by_task.setdefault(task.task_id, set()).add(strategy)
         # The loss mask covers exactly the scripted turns: one run of mask 1 per turn, holding that turn's tokens,
@@ -97,9 +126,12 @@ def test_scripted_trajectories_through_the_agent_loop(runtime):
             assert tokenizer.decode(segment) == turn.text
         assert set(tr.logprobs) == {0.0} and sum(tr.loss_mask) == sum(t.num_tokens for t in tr.turns)
         assert tr.token_ids[:tr.prompt_length] == scripted.chat.prompt_ids(question_with_preference(task))
-        # Local tools' answers are read from their responses and exact; an expert's reply is the answer itself.
-        if strategy in (("python",), ("search",), ("search", "search", "python")):
+        # Local tools' answers are read from their responses, exact where the tool suits the family; an expert's
+        # reply is the answer itself.
+        if strategy == LOCAL_STRATEGIES[task.family][0] and task.family != "hard":
             assert is_correct(tr.final_answer, task.answer, task.family), (task.question, strategy, tr.final_answer)
+        elif strategy in (("python",), ("search",), ("search", "search", "python")):
+            assert not is_correct(tr.final_answer, task.answer, task.family) or task.family == "arithmetic"
         else:
             assert tr.final_answer == tr.tool_calls[-1].result.text
             assert read_expert(tr.final_answer) != UNKNOWN

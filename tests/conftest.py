@@ -16,6 +16,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from tests.helpers import PRETRAIN
+
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
@@ -144,7 +146,7 @@ def make_config(cache_dir: str):
     from orchestra_rl.config import load_config
 
     def make(*overrides: str):
-        return load_config([f"model.cache_dir={cache_dir}/models", f"data.cache_dir={cache_dir}/worlds",
+        return load_config([f"model.cache_dir={cache_dir}/models", PRETRAIN, f"data.cache_dir={cache_dir}/worlds",
                             "data.tasks_per_family=8", *overrides])
 
     return make

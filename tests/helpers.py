@@ -85,3 +85,8 @@ def make_trajectory(task_id: str = "t", answer: str | None = "1", calls: tuple =
 
 def make_task(task_id: str = "t", answer: str = "1", family: str = "arithmetic", **kwargs) -> Task:
     return Task(task_id=task_id, family=family, question=f"question of {task_id}", answer=answer, **kwargs)
+
+
+# The test session's tiny model: copy pretraining runs (models/pretrain.py), briefly; every command a test starts
+# builds or finds the same model folder with it.
+PRETRAIN = "model.pretrain_steps=20"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import PRETRAIN, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -75,7 +75,7 @@ def test_cluster_refuses_a_client_with_another_token(ray_head, tmp_path):
 
 def test_submitted_eval_job_runs_on_the_cluster(ray_head, cache_dir, tmp_path):
     out = tmp_path / "eval"  # absolute: the job runs in Ray's copy of the checkout, on this same machine
-    overrides = ["env=qa", f"model.cache_dir={cache_dir}/models", f"data.cache_dir={cache_dir}/worlds",
+    overrides = ["env=qa", f"model.cache_dir={cache_dir}/models", PRETRAIN, f"data.cache_dir={cache_dir}/worlds",
                  "data.tasks_per_family=8", "eval.max_tasks=4", "eval.group_size=2", f"eval.output_dir={out}",
                  f"serve.port={free_port()}", "serve.latency_scale=0.01", "rollout.max_turns=3",
                  "rollout.constrained_tools=[python,search,math_expert,answer]"]

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from orchestra_rl.checkpoint import POLICY_DIR
 from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.envs.sources import load_tasks
-from tests.helpers import free_port, kill_session
+from tests.helpers import PRETRAIN, free_port, kill_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -23,7 +23,7 @@ TASKS_PER_STEP = 4
 def train_command(cache_dir: str, run_dir, policy: str, *overrides: str) -> list[str]:
     """`orchestra-rl train` from the session's SFT checkpoint (so the policy makes real tool calls and groups
     differ in reward), in a process and a Ray of its own."""
-    return [sys.executable, "-m", "orchestra_rl.cli", "train", f"model.cache_dir={cache_dir}/models",
+    return [sys.executable, "-m", "orchestra_rl.cli", "train", f"model.cache_dir={cache_dir}/models", PRETRAIN,
             f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", f"train.output_dir={run_dir}",
             f"model.path={policy}", "sft.enabled=false", f"train.tasks_per_step={TASKS_PER_STEP}",
             "rollout.group_size=4", "train.eval_max_tasks=5", "train.save_every=1", "rollout.max_turns=3",

@@ -39,6 +39,11 @@ class ModelConfig:
     seed: int = 0
     # Words the tiny tokenizer keeps whole (the tool names): routing becomes a one-token choice.
     word_tokens: list[str] = field(default_factory=list)
+    # Copy pretraining of the tiny model (models/pretrain.py): batches of drills that copy names and numbers from
+    # a question into a call to one of word_tokens. 0 steps: the random-initialised model as it is.
+    pretrain_steps: int = 0
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 6e-3
 
 
 @dataclass

@@ -54,6 +54,13 @@ def validate(cfg: Config) -> Config:
     _check(r.max_total_tokens <= r.engine.max_model_len, "rollout.max_total_tokens",
            f"{r.max_total_tokens} exceeds rollout.engine.max_model_len={r.engine.max_model_len}")
 
+    m = cfg.model
+    _check(m.pretrain_steps >= 0, "model.pretrain_steps", f"must be >= 0, got {m.pretrain_steps}")
+    _check(m.pretrain_batch_size > 0, "model.pretrain_batch_size", f"must be > 0, got {m.pretrain_batch_size}")
+    _check(m.pretrain_lr > 0, "model.pretrain_lr", f"must be > 0, got {m.pretrain_lr}")
+    _check(not (m.pretrain_steps and not m.word_tokens), "model.word_tokens",
+           "copy pretraining (model.pretrain_steps > 0) writes calls to these tool words: name at least one")
+
     tools = cfg.tools.tools
     _check(cfg.tools.num_executors > 0, "tools.num_executors", "must be > 0")
     enabled = {n for n, t in tools.items() if t.enabled}

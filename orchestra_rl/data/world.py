@@ -113,7 +113,7 @@ def evaluate_arithmetic(expression: str) -> int | float:
 # ---------------------------------------------------------------- entities
 
 
-class _Names:
+class InventedNames:
     """Invented words, each used once in the whole world, so a name token points at exactly one entity."""
 
     def __init__(self, rng: random.Random):
@@ -131,7 +131,7 @@ class _Names:
 
 def _entities(cfg: DataConfig) -> dict[str, list[dict[str, Any]]]:
     rng = random.Random(f"toolscale-mini/{cfg.seed}/entities")
-    names = _Names(rng)
+    names = InventedNames(rng)
     countries = [{"name": names.word((1, 2), ending=rng.choice(_COUNTRY_ENDINGS)),
                   "population": rng.randint(50_000, 60_000_000), "area_km2": rng.randint(800, 1_500_000),
                   "founded": rng.randint(1100, 1990), "capital": names.word()}

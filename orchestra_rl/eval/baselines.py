@@ -9,8 +9,9 @@ tool executors and experts as a trained policy, on the same tasks and seeds:
 
 A baseline reads a tool's response as the demonstrations do (an expert's stated answer, the python output, the
 fact in a search passage): an oracle reader, so it measures the routing, not the reading. Where a tool cannot
-be used on a task (python on a question without arithmetic) the baseline answers "unknown". Baselines are
-rule-based routers, not models: their own tokens cost nothing. They know the QA world's families only.
+help on a task it is called all the same (python on a question without arithmetic prints the question) and its
+output is the (wrong) answer. Baselines are rule-based routers, not models: their own tokens cost nothing. They
+know the QA world's families only.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from orchestra_rl.config import ModelConfig
 # Added tokens as in Qwen3: the chat markers are special (dropped when decoding with skip_special_tokens); the
 # tool-call markers are plain added tokens, so they survive detokenisation and </tool_call> is one stop token.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+PRETRAIN_FILE = "pretrain.json"  # what copy pretraining did (models/pretrain.py), in the model folder
 TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 
 # A compact Qwen3-style template (HF renders with trim_blocks, hence {{ '\\n' }} after tags): tools listed in the system turn, assistant tool calls as
@@ -127,7 +128,8 @@ def _train_tokenizer(vocab_size: int, word_tokens: list[str]):
 def tiny_model_dir(cfg: ModelConfig) -> Path:
     """Where the tiny model for this architecture config lives (content-addressed by the config)."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens")
+            "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens", "pretrain_steps",
+            "pretrain_batch_size", "pretrain_lr")
     spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES,
                                                  "pre_tokenizer": repr(pre_tokenizer())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
@@ -160,11 +162,22 @@ def build_tiny_model(cfg: ModelConfig) -> Path:
     )
     torch.manual_seed(cfg.seed)
     model = Qwen3ForCausalLM(config)
+    pretrained = None
+    if cfg.pretrain_steps > 0:
+        from orchestra_rl.models.pretrain import pretrain_copying
+
+        pretrained = pretrain_copying(model, tokenizer, list(cfg.word_tokens), cfg.pretrain_steps,
+                                      cfg.pretrain_batch_size, cfg.pretrain_lr, cfg.seed)
+        print(f"copy pretraining: {cfg.pretrain_steps} steps in {pretrained['seconds']:.0f} s, loss "
+              f"{pretrained['loss_first']:.2f} -> {pretrained['loss_last']:.2f}, held-out calls written exactly "
+              f"{pretrained['copy_accuracy']:.2f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if pretrained is not None:
+            (tmp / PRETRAIN_FILE).write_text(json.dumps(pretrained, indent=1) + "\n")
         os.replace(tmp, out)  # atomic: concurrent builders never see a half-written folder
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,7 @@ from orchestra_rl.rollout.agent_loop import AgentLoop
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.engine import ScriptedEngine
 from orchestra_rl.tools.base import Pricing
-from tests.helpers import free_port, kill_session, require_sandbox
+from tests.helpers import PRETRAIN, free_port, kill_session, require_sandbox
 from tests.toolscale_world import CODE, DB, POLICY, SCHEMA, TASKS, TOOLS, task
 
 pytestmark = pytest.mark.integration
@@ -202,7 +202,8 @@ def test_a_synthesized_domain_trains_a_grpo_step_and_is_evaluated(synth, cache_d
     library = asyncio.run(asyncio.to_thread(synthesize, load_config(overrides))) / "library"
     run_dir, sft_dir = tmp / "train", tmp / "sft"
     cmd = [sys.executable, "-m", "orchestra_rl.cli", "train", "env=orders", f"env.orders.path={library}",
-           f"model.cache_dir={cache_dir}/models", f"data.cache_dir={cache_dir}/worlds", f"train.output_dir={run_dir}",
+           f"model.cache_dir={cache_dir}/models", PRETRAIN, f"data.cache_dir={cache_dir}/worlds",
+           f"train.output_dir={run_dir}",
            f"sft.output_dir={sft_dir}",
            # The configured tools off but the answer tool (a shorter prompt); the toolkit still runs sandboxed.
            *(f"tools.tools.{t}.enabled=false" for t in ("python", "search", "math_expert", "small_generalist",

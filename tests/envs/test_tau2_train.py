@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import PRETRAIN, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 def test_a_grpo_step_on_tau2_mock_learns_from_tau2_graded_rollouts(cache_dir, tmp_path):
     run_dir, sft_dir = tmp_path / "train", tmp_path / "sft"
-    cmd = [sys.executable, "-m", "orchestra_rl.cli", "train", "env=tau2_mock", f"model.cache_dir={cache_dir}/models",
+    cmd = [sys.executable, "-m", "orchestra_rl.cli", "train", "env=tau2_mock",
+           f"model.cache_dir={cache_dir}/models", PRETRAIN,
            f"data.cache_dir={cache_dir}/worlds", f"train.output_dir={run_dir}", f"sft.output_dir={sft_dir}",
            # The configured tools off: a shorter prompt (~1.1k instead of ~1.5k tokens) makes the warm start ~30 %
            # faster; 8 replays x 4 for 16 epochs bring its loss to ~0.05, and sampling at 0.5 then solves most

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import PRETRAIN, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -44,7 +44,8 @@ def test_eval_grades_hle_and_frames_files_by_rules_and_judge(cache_dir, tmp_path
     judge = [f"env.{name}.judge.{k}" for name in ("hle", "frames") for k in (
         "model=judge", f"base_url={openai_stub_server.base_url}", "price_in_per_mtok=1.0", "price_out_per_mtok=4.0")]
     # The answer tool alone, every turn constrained to a well-formed call: each trajectory answers at once.
-    cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", "env=[hle,frames]", f"model.cache_dir={cache_dir}/models",
+    cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", "env=[hle,frames]",
+           f"model.cache_dir={cache_dir}/models", PRETRAIN,
            f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", f"env.hle.data_files.test={tmp_path}/hle.parquet",
            f"env.frames.data_files.test={tmp_path}/frames.tsv", *judge, "eval.max_tasks=0", "eval.group_size=2",
            f"eval.output_dir={out}", f"serve.port={free_port()}", "rollout.max_turns=2",

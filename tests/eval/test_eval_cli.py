@@ -15,7 +15,7 @@ from orchestra_rl.config import load_config
 from orchestra_rl.data.world import build_world
 from orchestra_rl.eval.pareto import pareto_front
 from orchestra_rl.reward.outcome import is_correct
-from tests.helpers import free_port
+from tests.helpers import PRETRAIN, free_port
 
 PYTHON_PRICE = 0.00001  # conf/tools/default.yaml
 
@@ -42,7 +42,7 @@ def test_eval_compares_policies_and_baselines_on_the_same_tasks(cache_dir, tmp_p
     out = tmp_path / "eval"
     _, sft_checkpoint = sft_run
     # The QA world alone (env=qa): the reports are checked against the world's gold answers.
-    cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", "env=qa", f"model.cache_dir={cache_dir}/models",
+    cmd = [sys.executable, "-m", "orchestra_rl.cli", "eval", "env=qa", f"model.cache_dir={cache_dir}/models", PRETRAIN,
            f"data.cache_dir={cache_dir}/worlds", "data.tasks_per_family=8", "eval.max_tasks=4", "eval.group_size=2",
            f"eval.output_dir={out}", f"serve.port={free_port()}", "serve.latency_scale=0.01", "rollout.max_turns=4",
            "rollout.constrained_tools=[python,search,math_expert,answer]", "+eval.compare.init=''",

@@ -1,0 +1,61 @@
+"""Copy pretraining of the tiny base model: the drills teach copying and no routing; the stage trains the model
+the build saves, and what it did is recorded beside it."""
+
+import json
+from collections import Counter
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from orchestra_rl.metrics import faithful_call
+from orchestra_rl.models.pretrain import DRILL_ARGUMENT, DrillMaker, copy_accuracy
+from orchestra_rl.models.tiny import PRETRAIN_FILE, build_tiny_model, tiny_model_dir
+
+TOOLS = ["python", "search", "math_expert", "small_generalist", "large_generalist", "answer"]
+
+
+def kind_of(question: str) -> str:
+    if question.startswith("What is") and any(c.isdigit() for c in question):
+        return "arithmetic"
+    return "pair" if " and " in question or " than " in question or " after " in question else "entity"
+
+
+def test_drills_copy_from_their_question_and_choose_the_tool_independently_of_it():
+    maker = DrillMaker(TOOLS, seed=0)
+    drills = [maker.drill() for _ in range(3000)]
+    by_kind = {kind: Counter(d.tool for d in drills if kind_of(d.question) == kind)
+               for kind in ("arithmetic", "entity", "pair")}
+    for kind, tools in by_kind.items():  # every kind of question goes to every tool about equally often
+        n = sum(tools.values())
+        assert set(tools) == set(TOOLS) and all(abs(c / n - 1 / len(TOOLS)) < 0.05 for c in tools.values()), kind
+    for d in drills:
+        ((argument, value),) = d.arguments.items()
+        assert argument == DRILL_ARGUMENT.get(d.tool, "question")
+        if d.tool == "search" or (d.tool == "python" and kind_of(d.question) == "arithmetic"):
+            assert faithful_call(d.tool, d.arguments, d.question, []), d  # the fidelity metric's own judgement
+        elif d.tool == "python":  # nothing to compute: the program prints the question, as the demonstrator's
+            assert value == f"print({d.question!r})"
+        elif argument == "answer":
+            assert value in d.question
+        else:
+            assert value == d.question
+    assert DrillMaker(TOOLS, seed=0).drill() == drills[0]  # seeded
+    assert DrillMaker(TOOLS, seed=1).drill() != drills[0]
+
+
+def test_a_pretrained_build_is_its_own_model_folder_trained_on_drills(make_config):
+    cfg = make_config("model.pretrain_steps=30", "model.pretrain_lr=3e-3").model
+    plain = make_config("model.pretrain_steps=0").model
+    assert tiny_model_dir(cfg) != tiny_model_dir(plain) != tiny_model_dir(make_config().model)
+    path = build_tiny_model(cfg)
+    report = json.loads((path / PRETRAIN_FILE).read_text())
+    assert report["steps"] == 30 and report["held_out_drills"] == 256
+    assert report["loss_last"] < report["loss_first"]  # 30 steps learn the call format, not yet the copying
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    untrained = AutoModelForCausalLM.from_pretrained(build_tiny_model(plain))
+    assert not torch.equal(model.model.embed_tokens.weight, untrained.model.embed_tokens.weight)
+    # The recorded accuracy is the saved model's, greedily, on the held-out stream (seed + 1).
+    maker = DrillMaker(list(cfg.word_tokens), seed=cfg.seed + 1)
+    held_out = [maker.drill() for _ in range(report["held_out_drills"])]
+    assert copy_accuracy(model, tokenizer, held_out) == report["copy_accuracy"]

@@ -99,32 +99,43 @@ class DrillMaker:
         return Drill(question, tool, {argument: value})
 
 
-def _encode(tokenizer: Any, drill: Drill) -> tuple[list[int], list[int]]:
-    prompt = tokenizer.encode(drill.prompt(), add_special_tokens=False)
-    completion = tokenizer.encode(drill.completion(), add_special_tokens=False)
-    return prompt + completion, [0] * len(prompt) + [1] * len(completion)
+def encode_drill(tokenizer: Any, drill: Drill) -> tuple[list[int], list[int], list[int]]:
+    """(token ids, loss mask: the call's tokens, judged mask: the call's tokens but its tool name's). The name is
+    drawn at random, so no model can predict it; copying is judged on the rest, given the name. The text is
+    tokenised whole, as the chat template's output is."""
+    prompt, completion = drill.prompt(), drill.completion()
+    encoded = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
+    name_start = len(prompt) + completion.index(json.dumps(drill.tool))
+    name_end = name_start + len(json.dumps(drill.tool))
+    loss = [int(end > len(prompt)) for _, end in encoded["offset_mapping"]]
+    judged = [int(keep and not (start < name_end and end > name_start))
+              for keep, (start, end) in zip(loss, encoded["offset_mapping"])]
+    return encoded["input_ids"], loss, judged
 
 
-def _batch(tokenizer: Any, drills: list[Drill]) -> tuple[Any, Any]:
-    """(token ids, mask of the call's tokens as targets), right-padded: the padding comes after all that counts."""
+def _batch(tokenizer: Any, drills: list[Drill]) -> tuple[Any, Any, Any]:
+    """(token ids, loss mask, judged mask) with the masks aligned to the predicted tokens (ids[:, 1:]),
+    right-padded: the padding comes after all that counts."""
     import torch
 
-    encoded = [_encode(tokenizer, d) for d in drills]
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in encoded])
-    targets = torch.tensor([m + [0] * (width - len(m)) for _, m in encoded], dtype=torch.bool)[:, 1:]
-    return ids, targets
+    encoded = [encode_drill(tokenizer, d) for d in drills]
+    width = max(len(ids) for ids, _, _ in encoded)
+    ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _, _ in encoded])
+    loss, judged = (torch.tensor([m[k] + [0] * (width - len(m[k])) for m in encoded], dtype=torch.bool)[:, 1:]
+                    for k in (1, 2))
+    return ids, loss, judged
 
 
 def copy_accuracy(model: Any, tokenizer: Any, drills: list[Drill]) -> float:
-    """The share of drills whose call the model writes exactly when decoding greedily: the argmax is right at
-    every token of the call given the right ones before it (one forward pass, the same verdict as generating)."""
+    """The share of drills whose call, given its tool name, the model writes exactly when decoding greedily: the
+    argmax is right at every judged token given the right ones before it (one forward pass, the verdict of
+    generating)."""
     import torch
 
-    ids, targets = _batch(tokenizer, drills)
+    ids, _, judged = _batch(tokenizer, drills)
     with torch.no_grad():
         right = model(ids).logits[:, :-1].argmax(-1) == ids[:, 1:]
-    return (right | ~targets).all(dim=1).float().mean().item()
+    return (right | ~judged).all(dim=1).float().mean().item()
 
 
 def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, batch_size: int, lr: float,
@@ -143,7 +154,7 @@ def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, b
     model.train()
     with tqdm(range(steps), desc="copy pretraining", unit="step", dynamic_ncols=True) as bar:
         for _ in bar:
-            ids, targets = _batch(tokenizer, [maker.drill() for _ in range(batch_size)])
+            ids, targets, _ = _batch(tokenizer, [maker.drill() for _ in range(batch_size)])
             mask = targets.reshape(-1).float()
             logits = model(ids).logits[:, :-1]
             token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.metrics import faithful_call
-from orchestra_rl.models.pretrain import DRILL_ARGUMENT, DrillMaker, copy_accuracy
+from orchestra_rl.models.pretrain import DRILL_ARGUMENT, DrillMaker, encode_drill, copy_accuracy
 from orchestra_rl.models.tiny import PRETRAIN_FILE, build_tiny_model, tiny_model_dir
 
 TOOLS = ["python", "search", "math_expert", "small_generalist", "large_generalist", "answer"]
@@ -59,3 +59,13 @@ def test_a_pretrained_build_is_its_own_model_folder_trained_on_drills(make_confi
     maker = DrillMaker(list(cfg.word_tokens), seed=cfg.seed + 1)
     held_out = [maker.drill() for _ in range(report["held_out_drills"])]
     assert copy_accuracy(model, tokenizer, held_out) == report["copy_accuracy"]
+
+
+def test_copying_is_judged_on_the_call_but_its_randomly_drawn_tool_name(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    drill = DrillMaker(TOOLS, seed=0).drill()
+    ids, loss, judged = encode_drill(tokenizer, drill)
+    assert ids == tokenizer.encode(drill.prompt() + drill.completion(), add_special_tokens=False)  # tokenised whole
+    assert tokenizer.decode([t for t, m in zip(ids, loss) if m]) == drill.completion()
+    judged_text = tokenizer.decode([t for t, m in zip(ids, judged) if m])
+    assert drill.tool not in judged_text and json.dumps(drill.arguments) in judged_text

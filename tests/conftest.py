@@ -159,6 +159,15 @@ def tiny_model_path(make_config) -> str:
     return resolve_model_path(make_config().model)
 
 
+@pytest.fixture(scope="session")
+def random_model_path(make_config) -> str:
+    """The tiny model without copy pretraining: random weights, which never choose to stop, so a generation runs
+    to its max_tokens (tests of the engine's mechanics count on that)."""
+    from orchestra_rl.models.tiny import resolve_model_path
+
+    return resolve_model_path(make_config("model.pretrain_steps=0").model)
+
+
 # Enough for the policy to make calls when sampling at temperature 1 (64 demos x 6 epochs of 8 left it writing
 # broken calls only; these: accuracy ~0.2 and most turns well-formed calls), ~3.5 min on 2 cores.
 SFT_EPOCHS = 8

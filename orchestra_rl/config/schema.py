@@ -43,7 +43,7 @@ class ModelConfig:
     # a question into a call to one of word_tokens. 0 steps: the random-initialised model as it is.
     pretrain_steps: int = 0
     pretrain_batch_size: int = 32
-    pretrain_lr: float = 6e-3
+    pretrain_lr: float = 3e-3
 
 
 @dataclass

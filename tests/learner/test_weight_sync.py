@@ -22,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def runtime(make_config, ray_local):
-    # 2 CPUs in the test cluster: rollout worker 1 + tool executor 0.5 + two learners at 0.25.
-    cfg = make_config("tools.tools.python.enabled=false", f"serve.port={free_port()}", "serve.latency_scale=0.01",
+    # 2 CPUs in the test cluster: rollout worker 1 + tool executor 0.5 + two learners at 0.25. The random-initialised
+    # model (no copy pretraining): the update below moves its probe's logprob far, as the assertions expect.
+    cfg = make_config("model.pretrain_steps=0", "tools.tools.python.enabled=false", f"serve.port={free_port()}", "serve.latency_scale=0.01",
                       "learner.num_learners=2", "learner.num_cpus_per_learner=0.25", "algo.lr=5e-3")
     with System(cfg) as rt:
         yield rt

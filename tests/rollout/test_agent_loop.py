@@ -28,7 +28,8 @@ def replay(trajectory, chat: ChatFormat, task) -> str:
     said = [chat.tokenizer.decode(seg) for seg in policy_segments(trajectory)]
     messages = [{"role": "system", "content": chat.system_prompt}, {"role": "user", "content": question_with_preference(task)}]
     for turn, text in zip(trajectory.turns[:-1], said):
-        messages.append({"role": "assistant", "content": text})
+        # a turn the policy ended itself includes its <|im_end|>, which the template writes after the content
+        messages.append({"role": "assistant", "content": text.removesuffix(chat.tokenizer.eos_token)})
         responses = [f"Error: {turn.parse_error}"] if turn.parse_error else [c.result.text for c in turn.calls]
         messages += [{"role": "tool", "content": r} for r in responses]
     text = chat.tokenizer.apply_chat_template(messages, tools=chat.tool_schemas, tokenize=False,

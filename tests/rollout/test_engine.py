@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(tiny_model_path):
-    engine = PolicyEngine(tiny_model_path, EngineConfig(max_model_len=512))
+async def engine(random_model_path):
+    engine = PolicyEngine(random_model_path, EngineConfig(max_model_len=512))
     yield engine
     engine.shutdown()
 
@@ -27,9 +27,9 @@ def hf_logprobs(model, ids: list[int]) -> torch.Tensor:
     return logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
-async def test_reload_changes_generation_and_logprobs_match_transformers(engine, tiny_model_path, tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+async def test_reload_changes_generation_and_logprobs_match_transformers(engine, random_model_path, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(random_model_path)
+    model = AutoModelForCausalLM.from_pretrained(random_model_path, dtype=torch.float32)
     prompt = tokenizer.encode("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
 
     before = await engine.generate(prompt, max_tokens=24, seed=7)
@@ -58,12 +58,12 @@ async def test_reload_changes_generation_and_logprobs_match_transformers(engine,
 
 
 async def test_a_weight_load_waits_for_the_generations_in_flight_and_labels_each_with_its_version(
-        engine, tiny_model_path, tmp_path):
+        engine, random_model_path, tmp_path):
     """train.mode=async loads weights while turns are being generated: each generation is sampled by one version
     from its first token to its last (its logprobs are that version's scores of every token), and says which."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    old = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
-    new = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(random_model_path)
+    old = AutoModelForCausalLM.from_pretrained(random_model_path, dtype=torch.float32)
+    new = AutoModelForCausalLM.from_pretrained(random_model_path, dtype=torch.float32)
     torch.manual_seed(1)
     with torch.no_grad():
         for p in new.parameters():

@@ -24,25 +24,58 @@ from orchestra_rl.checkpoint import (POLICY_DIR, checkpoint_dir, latest_checkpoi
                                      save_trainer_state)
 from orchestra_rl.config import Config
 from orchestra_rl.data.sampler import TaskSampler
-from orchestra_rl.eval.report import print_comparison
-from orchestra_rl.eval.run import evaluate
+from orchestra_rl.eval.baselines import expand_baselines, run_baseline
+from orchestra_rl.eval.report import print_comparison, print_side_by_side, summarize
+from orchestra_rl.eval.run import evaluate, select_tasks
 from orchestra_rl.learner.samples import make_train_samples_task
+from orchestra_rl.metrics import copying_tools
 from orchestra_rl.models.tiny import resolve_model_path
 from orchestra_rl.rollout.ahead import RolloutsAhead
 from orchestra_rl.system import System
 from orchestra_rl.tracking import Tracker
+from orchestra_rl.types import Trajectory
 
 
-def scored_eval(system: System, cfg: Config, desc: str) -> dict[str, Any]:
-    """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size)."""
+def scored_eval(system: System, cfg: Config, desc: str) -> tuple[dict[str, Any], list[Trajectory]]:
+    """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size):
+    (summary, scored trajectories)."""
     summary, trajectories = evaluate(system, cfg.eval.split, cfg.train.eval_max_tasks, cfg.rollout.group_size, desc)
+    return add_rewards(system, cfg, summary, trajectories)
+
+
+def add_rewards(system: System, cfg: Config, summary: dict[str, Any],
+                trajectories: list[Trajectory]) -> tuple[dict[str, Any], list[Trajectory]]:
+    """The summary with the mean reward overall and per family, and the scored trajectories."""
     tasks = {t.task_id: t for t in system.tasks(cfg.eval.split)}
     scored = ray.get(system.reward.score.remote(trajectories, tasks))
     summary["overall"]["reward"] = sum(t.reward for t in scored) / len(scored)
     for family, s in summary["families"].items():
         group = [t.reward for t in scored if t.family == family]
         s["reward"] = sum(group) / len(group)
-    return summary
+    return summary, scored
+
+
+def side_by_side(system: System, cfg: Config, policies: dict[str, list[Trajectory]]) -> dict[str, dict[str, Any]]:
+    """The policies' evaluations beside the fixed baselines (train.baselines), on the evaluation's QA tasks (the
+    families a baseline knows) with the same trials: {name: summary}, policies first. Empty when the evaluation
+    has no QA task."""
+    tasks = [t for t in select_tasks(system, cfg.eval.split, cfg.train.eval_max_tasks)
+             if t.family in cfg.data.families]
+    if not tasks:
+        print("baselines skipped: the evaluation has no task of the QA world, the only one they know")
+        return {}
+    ids, copying = {t.task_id for t in tasks}, copying_tools(cfg.tools.tools)
+    entries = {}
+    for name, trajectories in policies.items():
+        summary = summarize([t for t in trajectories if t.task_id in ids], tasks, system.tool_names, copying)
+        entries[name] = add_rewards(system, cfg, summary, [t for t in trajectories if t.task_id in ids])[0]
+    for name in expand_baselines(cfg, cfg.train.baselines):
+        trajectories = run_baseline(cfg, system, tasks, name, cfg.rollout.group_size)
+        entries[name] = add_rewards(system, cfg, summarize(trajectories, tasks, system.tool_names, copying),
+                                    trajectories)[0]
+    print_side_by_side(entries, f"the policy and the baselines on {len(tasks)} QA {cfg.eval.split} tasks x "
+                                f"{cfg.rollout.group_size} (seed {cfg.seed})")
+    return entries
 
 
 def warm_start(cfg: Config, run_dir: Path) -> tuple[str, dict[str, Any] | None]:
@@ -100,10 +133,11 @@ def train(cfg: Config) -> dict[str, Any]:
         sampler = TaskSampler(system.tasks("train"), cfg.seed,
                               position=state["data_position"] if state else 0)
         before_file = run_dir / "eval_before.json"
+        before_trajectories = []  # for the side by side; a resumed run has the summary only
         if state is not None and before_file.exists():  # evaluated and logged by the run this one resumes
             before = json.loads(before_file.read_text())
         else:
-            before = scored_eval(system, cfg, "eval before")
+            before, before_trajectories = scored_eval(system, cfg, "eval before")
             tracker.log_eval(before, step=0)
             before_file.write_text(json.dumps(before))
 
@@ -143,19 +177,23 @@ def train(cfg: Config) -> dict[str, Any]:
                                 outcome=f"{metrics.get('reward/outcome', 0.0):.3f}",
                                 cost=f"{metrics['rollout/cost_usd']:.5f}")
                 if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                    tracker.log_eval(scored_eval(system, cfg, f"eval at step {step + 1}"), step=step + 1)
+                    tracker.log_eval(scored_eval(system, cfg, f"eval at step {step + 1}")[0], step=step + 1)
                 if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
                     ckpt = checkpoint_dir(str(run_dir), step + 1)
                     system.learners.save_checkpoint(str(ckpt))
                     save_trainer_state(ckpt, step + 1, data_position, tracker.run_id)
 
         train_s = time.perf_counter() - loop_start
-        after = scored_eval(system, cfg, "eval after")
+        after, after_trajectories = scored_eval(system, cfg, "eval after")
         tracker.log_eval(after, step=cfg.train.steps)
-    print_comparison(before, after)
+        print_comparison(before, after)
+        compared = {}
+        if cfg.train.baselines:
+            policies = {"before": before_trajectories} if before_trajectories else {}
+            compared = side_by_side(system, cfg, policies | {"after": after_trajectories})
     # train_s: the steps' wall time (this process's share of them, when resumed), evaluations excluded.
-    report = {"before": before, "after": after, "model_path": model_path, "train_s": train_s,
-              "steps": cfg.train.steps - first, "mode": cfg.train.mode,
+    report = {"before": before, "after": after, "side_by_side": compared, "seed": cfg.seed,
+              "model_path": model_path, "train_s": train_s, "steps": cfg.train.steps - first, "mode": cfg.train.mode,
               "checkpoint": str(latest_checkpoint(str(run_dir)) or "")}
     (run_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     print(f"report: {run_dir / 'train_report.json'}")

@@ -80,7 +80,7 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
     ("serve.num_replicas=0", "config error: serve.num_replicas: must be >= 1"),
     ("serve.route=/", "config error: serve.route: must be a path like /orchestrator"),
     ("serve.route=orchestrator", "config error: serve.route: must be a path like /orchestrator"),
-    ("eval.baselines=[always_large]", "config error: eval.baselines: unknown baseline 'always_large'; known: random, best, only:*, only:python"),
+    ("eval.baselines=[always_large]", "config error: eval.baselines: unknown baseline 'always_large'; known: random, best, only:*, only:priciest, only:cheapest, only:python"),
     ("eval.baselines=[only:answer]", "config error: eval.baselines: unknown baseline 'only:answer'"),
     ("train.mode=overlap", "config error: train.mode: must be sync or async, got 'overlap'"),
     ("train.max_staleness=-1", "config error: train.max_staleness: must be >= 0 (0: on-policy, as train.mode=sync)"),

@@ -89,6 +89,8 @@ def test_async_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resume
     assert json.loads((run_dir / "checkpoints" / "step_000004" / "trainer_state.json").read_text())["step"] == 4
     report = json.loads((run_dir / "train_report.json").read_text())
     assert report["before"] == before  # the evaluation before training is the first run's, not re-run
+    # Its trajectories are not kept: the resumed run's side by side has the policy after training and the baselines.
+    assert list(report["side_by_side"]) == ["after", "only:large_generalist", "only:small_generalist", "best"]
     # The default world: the QA families and the built-in function-call domain, each its own row.
     assert set(report["before"]["families"]) == set(report["after"]["families"]) == {
         "arithmetic", "lookup", "multihop", "hard", "orders"}
@@ -118,6 +120,21 @@ def test_async_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resume
     assert "learner/value_loss" in logged and logged["learner/tokens"] > 0
     assert logged["sync/bytes"] > 1e6  # the whole fp32 policy went through the broadcast
     assert (run_dir / "checkpoints" / "step_000001" / "learner" / "critic.safetensors").exists()
+    # The baselines of the default config (train.baselines: the dearest and the cheapest model alone, the best
+    # strategy per family) beside the policy before and after, on the evaluation's QA tasks with its trials.
+    report = json.loads((run_dir / "train_report.json").read_text())
+    compared = report["side_by_side"]
+    assert list(compared) == ["before", "after", "only:large_generalist", "only:small_generalist", "best"]
+    qa = {f: s for f, s in report["before"]["families"].items() if f != "orders"}
+    assert compared["before"]["families"] == qa  # the same trajectories, their QA part
+    for name, tool in (("only:large_generalist", "large_generalist"), ("only:small_generalist", "small_generalist")):
+        for s in compared[name]["families"].values():
+            mix = s["tool_calls_per_trajectory"]
+            assert mix[tool] == 1.0 and set(mix) <= {tool, "answer"}, compared[name]
+    assert compared["only:large_generalist"]["overall"]["cost_usd"] > compared["only:small_generalist"]["overall"][
+        "cost_usd"] > 0
+    assert compared["best"]["overall"]["accuracy"] > compared["only:small_generalist"]["overall"]["accuracy"]
+    assert report["seed"] == 0
 
 
 def _stream(cache_dir: str, n_steps: int):

@@ -44,6 +44,7 @@ class ModelConfig:
     pretrain_steps: int = 0
     pretrain_batch_size: int = 32
     pretrain_lr: float = 3e-3
+    pretrain_reading_share: float = 0.0  # of the drills: reading tool responses (needs search, python, answer)
 
 
 @dataclass
@@ -215,7 +216,8 @@ class EvalConfig:
     output_dir: str = "outputs/eval"
     # Side by side on the same tasks and seeds (eval/compare.py): policies by name -> checkpoint (an HF folder;
     # "" = the configured model), and fixed baselines: "only:<tool>" (that tool alone; "only:*" = each tool
-    # alone), "random" (one tool drawn per trajectory), "best" (each family's most accurate strategy).
+    # alone; "only:priciest" / "only:cheapest": the dearest / cheapest model tool alone), "random" (one tool drawn
+    # per trajectory), "best" (each family's most accurate strategy).
     compare: dict[str, str] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=list)
 
@@ -329,6 +331,9 @@ class TrainConfig:
     max_staleness: int = 1
     resume: bool = False
     output_dir: str = "outputs/train"
+    # Fixed baselines (eval.baselines' names) evaluated after training on the QA tasks of the evaluation, with its
+    # trials, and shown beside the policy before and after (train_report.json "side_by_side").
+    baselines: list[str] = field(default_factory=list)
     wandb_project: str = "orchestra_rl"
     wandb_mode: str = ""  # online | offline | disabled; empty: offline unless WANDB_API_KEY is set
 

@@ -58,6 +58,8 @@ def validate(cfg: Config) -> Config:
     _check(m.pretrain_steps >= 0, "model.pretrain_steps", f"must be >= 0, got {m.pretrain_steps}")
     _check(m.pretrain_batch_size > 0, "model.pretrain_batch_size", f"must be > 0, got {m.pretrain_batch_size}")
     _check(m.pretrain_lr > 0, "model.pretrain_lr", f"must be > 0, got {m.pretrain_lr}")
+    _check(0 <= m.pretrain_reading_share <= 1, "model.pretrain_reading_share",
+           f"must be in [0, 1], got {m.pretrain_reading_share}")
     _check(not (m.pretrain_steps and not m.word_tokens), "model.word_tokens",
            "copy pretraining (model.pretrain_steps > 0) writes calls to these tool words: name at least one")
 
@@ -165,11 +167,12 @@ def validate(cfg: Config) -> Config:
         f"must be a non-empty list of multiples of model.head_dim ({cfg.model.head_dim})")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
-    # the tools a scripted baseline can call (eval/baselines.py)
-    baselines = ["random", "best", "only:*"] + [f"only:{n}" for n, t in cfg.tools.tools.items()
-                                                if t.enabled and t.kind in ("python", "search", "llm")]
-    for b in cfg.eval.baselines:
-        _check(b in baselines, "eval.baselines", f"unknown baseline {b!r}; known: {', '.join(baselines)}")
+    from orchestra_rl.eval.baselines import baseline_names  # eval imports config: resolved at call time
+
+    baselines = baseline_names(cfg)
+    for key, names in (("eval.baselines", cfg.eval.baselines), ("train.baselines", cfg.train.baselines)):
+        for b in names:
+            _check(b in baselines, key, f"unknown baseline {b!r}; known: {', '.join(baselines)}")
     _check(not set(cfg.eval.compare) & set(cfg.eval.baselines), "eval.compare",
            "a policy and a baseline share a name")
     _validate_synth(cfg)

@@ -4,6 +4,8 @@ A baseline is the scripted policy (sft/scripted.py) with a fixed strategy table,
 tool executors and experts as a trained policy, on the same tasks and seeds:
 
     only:<tool>  that tool alone on every task ("only:large_generalist" is "always ask the large generalist")
+    only:priciest, only:cheapest   the model tool (kind llm) with the highest / lowest price, alone: "always ask
+                 the biggest model" and "always ask the cheapest one" under any tool set
     random       one tool drawn per trajectory (seeded by task and trial), then the answer: a random router
     best         each family's most accurate strategy (ties to the cheaper), which the world knows by design
 
@@ -25,11 +27,27 @@ from orchestra_rl.types import Task, Trajectory
 CALLABLE_KINDS = ("python", "search", "llm")
 
 
-def expand_baselines(cfg: Config, names: list[str]) -> list[str]:
-    """`only:*` becomes one `only:<tool>` per callable tool, in config order; duplicates dropped."""
+def baseline_names(cfg: Config) -> list[str]:
+    """Every baseline name the config's tools allow (what config validation accepts)."""
     tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind in CALLABLE_KINDS]
-    expanded = [x for name in names for x in ([f"only:{t}" for t in tools] if name == "only:*" else [name])]
-    return list(dict.fromkeys(expanded))
+    priced = ["only:priciest", "only:cheapest"] if _models_by_price(cfg) else []
+    return ["random", "best", "only:*", *priced, *(f"only:{t}" for t in tools)]
+
+
+def _models_by_price(cfg: Config) -> list[str]:
+    """The enabled model tools, cheapest first (by output, then input token price; ties in config order)."""
+    models = [(n, t) for n, t in cfg.tools.tools.items() if t.enabled and t.kind == "llm"]
+    return [n for n, t in sorted(models, key=lambda m: (m[1].price_out_per_mtok, m[1].price_in_per_mtok))]
+
+
+def expand_baselines(cfg: Config, names: list[str]) -> list[str]:
+    """`only:*` becomes one `only:<tool>` per callable tool, in config order, and only:priciest / only:cheapest the
+    `only:<tool>` of that model; duplicates dropped."""
+    tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind in CALLABLE_KINDS]
+    aliases = {"only:*": [f"only:{t}" for t in tools]}
+    if models := _models_by_price(cfg):
+        aliases |= {"only:priciest": [f"only:{models[-1]}"], "only:cheapest": [f"only:{models[0]}"]}
+    return list(dict.fromkeys(x for name in names for x in aliases.get(name, [name])))
 
 
 def baseline_strategies(cfg: Config, name: str) -> dict[str, list[tuple[str, ...]]]:

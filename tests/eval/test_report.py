@@ -135,6 +135,14 @@ def test_baseline_tables_route_every_family_as_named(make_config):
     assert baseline_strategies(cfg, "best") == {"arithmetic": [("python",)], "lookup": [("search",)],
                                                 "multihop": [("search", "search", "python")],
                                                 "hard": [("large_generalist",)]}
+    # The dearest and the cheapest model by their prices, under any tool set (a tie goes to the first listed).
+    assert expand_baselines(cfg, ["only:priciest", "only:cheapest", "only:large_generalist"]) == [
+        "only:large_generalist", "only:small_generalist"]
+    unseen = make_config("tools=unseen")
+    assert expand_baselines(unseen, ["only:priciest", "only:cheapest"]) == [
+        "only:frontier_model", "only:budget_generalist"]
+    cheaper = make_config("tools=unseen", "tools.tools.math_specialist.price_out_per_mtok=0.001")
+    assert expand_baselines(cheaper, ["only:cheapest"]) == ["only:math_specialist"]
 
 
 def test_report_of_a_sweep_draws_its_pareto_plot(sweep, capsys):

@@ -12,17 +12,29 @@ The drills teach copying, not routing: the tool of a drill is drawn uniformly, i
 (an arithmetic question is as often sent to search as to python), and the names and numbers are invented afresh
 (a random stream of their own, not the task world's entities). Argument shapes are those of the default tools
 (python: code, search: query, answer: answer, any other tool word: question).
+
+Reading drills (a share `reading_share` of them) teach the other half of what a base model brings: using what a
+tool said. Each is a conversation of the default tools' calls and their real responses (BM25 search over a
+corpus, the value python prints), then the call that uses them: the answer read out of a search passage, the
+expression written from two passages' numbers, the answer read from python's output. Their worlds are built by
+the task world's own generator with their own (negative) seeds, so they are of the same genre and share no entity
+with any task world (data.seed is non-negative). The conversation is fixed context, not trained on: the loss
+falls on the arguments of the final call, never on which tool a drill calls, so drills teach no routing.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from orchestra_rl.data.world import InventedNames
+from orchestra_rl.config import DataConfig, ToolConfig
+from orchestra_rl.data.world import InventedNames, build_world, evaluate_arithmetic, load_tasks
+from orchestra_rl.types import ToolCall
 
 # The argument each drill tool takes; a tool word not listed here takes a "question" (the experts).
 DRILL_ARGUMENT = {"python": "code", "search": "query", "answer": "answer"}
@@ -37,16 +49,23 @@ _COMPANY = ("Industries", "Systems", "Labs", "Holdings", "Dynamics", "Works")
 
 @dataclass(frozen=True)
 class Drill:
-    question: str
+    context: tuple[dict[str, str], ...]  # chat messages before the call: the question, earlier calls, responses
     tool: str
     arguments: dict[str, str]
 
-    def prompt(self) -> str:
-        return f"<|im_start|>user\n{self.question}<|im_end|>\n<|im_start|>assistant\n"
+    @property
+    def question(self) -> str:
+        return self.context[0]["content"]
+
+    def prompt(self, tokenizer: Any) -> str:
+        return tokenizer.apply_chat_template(list(self.context), tokenize=False, add_generation_prompt=True)
 
     def completion(self) -> str:
-        call = json.dumps({"name": self.tool, "arguments": self.arguments})
-        return f"<tool_call>\n{call}\n</tool_call><|im_end|>"
+        return ToolCall(self.tool, self.arguments).render() + "<|im_end|>"
+
+
+def _user(question: str) -> tuple[dict[str, str], ...]:
+    return ({"role": "user", "content": question},)
 
 
 class DrillMaker:
@@ -96,70 +115,140 @@ class DrillMaker:
             value = self.rng.choice(keys)
         else:
             value = question
-        return Drill(question, tool, {argument: value})
+        return Drill(_user(question), tool, {argument: value})
 
 
-def encode_drill(tokenizer: Any, drill: Drill) -> tuple[list[int], list[int], list[int]]:
-    """(token ids, loss mask: the call's tokens, judged mask: the call's tokens but its tool name's). The name is
-    drawn at random, so no model can predict it; copying is judged on the rest, given the name. The text is
-    tokenised whole, as the chat template's output is."""
-    prompt, completion = drill.prompt(), drill.completion()
+# The default tools' ways through each family a reading drill is drawn from (search, then python, then answer).
+READING_PLANS = {"lookup": ("search",), "multihop": ("search", "search", "python"), "arithmetic": ("python",)}
+READING_TOOLS = ("search", "python", "answer")
+READING_BATCH_DIVISOR = 4  # a reading batch holds a quarter of batch_size: its drills are ~6 times longer
+READING_TOP_K = 3  # passages per search, as conf/tools/default.yaml
+READING_WORLDS = 8  # worlds per reading stream (each 24 countries, companies and people, as the default world)
+
+
+def _printed(code: str) -> str:
+    """What python prints for a drill's program: print(<arithmetic>) or print(<a string literal>)."""
+    inner = code.removeprefix("print(").removesuffix(")")
+    try:
+        return str(evaluate_arithmetic(inner))
+    except ValueError:
+        return str(ast.literal_eval(inner))
+
+
+class ReadingDrillMaker:
+    """Reading drills from a seeded stream over `worlds` worlds of their own: stream `seed` uses world seeds
+    -(1 + seed * READING_WORLDS + k), so the held-out stream (seed + 1) reads about entities never trained on."""
+
+    def __init__(self, seed: int, worlds: int = READING_WORLDS):
+        from orchestra_rl.sft.scripted import ScriptedPolicy
+        from orchestra_rl.tools.search import SearchTool
+
+        if not 0 < worlds <= READING_WORLDS:
+            raise ValueError(f"worlds must be in 1..{READING_WORLDS}, got {worlds}")
+        self.rng = random.Random(f"reading-drills/{seed}")
+        self.worlds = []
+        with tempfile.TemporaryDirectory() as tmp:  # the tasks and the search index are read into memory
+            for k in range(worlds):
+                data = DataConfig(seed=-(1 + seed * READING_WORLDS + k), cache_dir=tmp, test_fraction=0.0,
+                                  families=list(READING_PLANS), tasks_per_family=200)
+                folder = build_world(data)
+                search = SearchTool("search", ToolConfig(kind="search", top_k=READING_TOP_K), folder)
+                self.worlds.append((load_tasks(folder, "train"), search))
+        kinds = {name: name for name in READING_TOOLS}
+        self.demonstrator = ScriptedPolicy(None, [], {f: [plan] for f, plan in READING_PLANS.items()}, kinds,
+                                           answer_tool="answer")
+
+    def drill(self) -> Drill:
+        tasks, search = self.rng.choice(self.worlds)
+        task = self.rng.choice(tasks)
+        plan = READING_PLANS[task.family]
+        target = self.rng.randint(1, len(plan))  # the call after this many responses is the one trained on
+        context, responses = list(_user(task.question)), []
+        for _ in range(target):
+            name, arguments = self.demonstrator.next_call(task, responses)
+            response = search.bm25(arguments["query"]) if name == "search" else _printed(arguments["code"])
+            context += [{"role": "assistant", "content": ToolCall(name, arguments).render()},
+                        {"role": "tool", "content": response}]
+            responses.append(response)
+        name, arguments = self.demonstrator.next_call(task, responses)
+        return Drill(tuple(context), name, arguments)
+
+
+def encode_drill(tokenizer: Any, drill: Drill) -> tuple[list[int], list[int]]:
+    """(token ids, loss mask): the loss falls on the call but its tool name, which a drill draws at random (copy
+    drills) or from its fixed plan (reading drills): drills teach what to write into a call, not which call to
+    make. The text is tokenised whole, as the chat template's output is."""
+    prompt, completion = drill.prompt(tokenizer), drill.completion()
     encoded = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
-    name_start = len(prompt) + completion.index(json.dumps(drill.tool))
-    name_end = name_start + len(json.dumps(drill.tool))
-    loss = [int(end > len(prompt)) for _, end in encoded["offset_mapping"]]
-    judged = [int(keep and not (start < name_end and end > name_start))
-              for keep, (start, end) in zip(loss, encoded["offset_mapping"])]
-    return encoded["input_ids"], loss, judged
+    name = json.dumps(drill.tool)
+    name_start = len(prompt) + completion.index(name)
+    name_end = name_start + len(name)
+    mask = [int(end > len(prompt) and not (start < name_end and end > name_start))
+            for start, end in encoded["offset_mapping"]]
+    return encoded["input_ids"], mask
 
 
-def _batch(tokenizer: Any, drills: list[Drill]) -> tuple[Any, Any, Any]:
-    """(token ids, loss mask, judged mask) with the masks aligned to the predicted tokens (ids[:, 1:]),
-    right-padded: the padding comes after all that counts."""
+def _batch(tokenizer: Any, drills: list[Drill]) -> tuple[Any, Any]:
+    """(token ids, loss mask aligned to the predicted tokens ids[:, 1:]), right-padded: the padding comes after
+    all that counts."""
     import torch
 
     encoded = [encode_drill(tokenizer, d) for d in drills]
-    width = max(len(ids) for ids, _, _ in encoded)
-    ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _, _ in encoded])
-    loss, judged = (torch.tensor([m[k] + [0] * (width - len(m[k])) for m in encoded], dtype=torch.bool)[:, 1:]
-                    for k in (1, 2))
-    return ids, loss, judged
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in encoded])
+    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in encoded], dtype=torch.bool)[:, 1:]
+    return ids, mask
 
 
-def copy_accuracy(model: Any, tokenizer: Any, drills: list[Drill]) -> float:
+def copy_accuracy(model: Any, tokenizer: Any, drills: list[Drill], batch_size: int = 64) -> float:
     """The share of drills whose call, given its tool name, the model writes exactly when decoding greedily: the
-    argmax is right at every judged token given the right ones before it (one forward pass, the verdict of
+    argmax is right at every masked token given the right ones before it (a forward pass, the verdict of
     generating)."""
     import torch
 
-    ids, _, judged = _batch(tokenizer, drills)
-    with torch.no_grad():
-        right = model(ids).logits[:, :-1].argmax(-1) == ids[:, 1:]
-    return (right | ~judged).all(dim=1).float().mean().item()
+    right = []
+    for i in range(0, len(drills), batch_size):
+        ids, mask = _batch(tokenizer, drills[i:i + batch_size])
+        with torch.no_grad():
+            correct = model(ids).logits[:, :-1].argmax(-1) == ids[:, 1:]
+        right += (correct | ~mask).all(dim=1).tolist()
+    return sum(right) / len(right)
 
 
 def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, batch_size: int, lr: float,
-                     seed: int, eval_drills: int = 256) -> dict[str, Any]:
-    """Train `model` in place on `steps` batches of fresh drills (loss on the call only); returns what it did:
-    the loss at its first step and over its last 20, the copy accuracy on held-out drills, seconds."""
+                     seed: int, reading_share: float = 0.0, eval_drills: int = 256) -> dict[str, Any]:
+    """Train `model` in place on `steps` batches of fresh drills, a share `reading_share` of them of reading drills
+    (they need the default tools' names among `tools`); returns what it did: the loss at its first step and over
+    its last 20, the held-out accuracy of copy and of reading drills (worlds never trained on), seconds."""
     import torch
     from tqdm import tqdm
 
+    reading = reading_share > 0
+    if reading and not set(READING_TOOLS) <= set(tools):
+        raise ValueError(f"reading drills call the tools {', '.join(READING_TOOLS)}: add them to model.word_tokens "
+                         "or set model.pretrain_reading_share to 0")
     torch.manual_seed(seed)
-    evaluator = DrillMaker(tools, seed + 1)
-    held_out = [evaluator.drill() for _ in range(eval_drills)]
-    maker = DrillMaker(tools, seed)
+    held_out = {"copy": [DrillMaker(tools, seed + 1).drill() for _ in range(eval_drills)]}
+    copier, reader = DrillMaker(tools, seed), ReadingDrillMaker(seed) if reading else None
+    if reader is not None:
+        evaluator = ReadingDrillMaker(seed + 1, worlds=1)
+        held_out["reading"] = [evaluator.drill() for _ in range(eval_drills)]
+    mixer = random.Random(f"drill-mix/{seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start, losses = time.perf_counter(), []
     model.train()
     with tqdm(range(steps), desc="copy pretraining", unit="step", dynamic_ncols=True) as bar:
         for _ in bar:
-            ids, targets, _ = _batch(tokenizer, [maker.drill() for _ in range(batch_size)])
-            mask = targets.reshape(-1).float()
+            if reader is not None and mixer.random() < reading_share:
+                drills = [reader.drill() for _ in range(max(1, batch_size // READING_BATCH_DIVISOR))]
+            else:
+                drills = [copier.drill() for _ in range(batch_size)]
+            ids, mask = _batch(tokenizer, drills)
             logits = model(ids).logits[:, :-1]
             token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                            ids[:, 1:].reshape(-1), reduction="none")
-            loss = (token_loss * mask).sum() / mask.sum()
+            weights = mask.reshape(-1).float()
+            loss = (token_loss * weights).sum() / weights.sum()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,7 +256,8 @@ def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, b
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "loss_first": losses[0] if losses else None,
-            "loss_last": sum(losses[-20:]) / len(losses[-20:]) if losses else None,
-            "copy_accuracy": copy_accuracy(model, tokenizer, held_out), "held_out_drills": len(held_out),
-            "seconds": time.perf_counter() - start}
+    report = {"steps": steps, "batch_size": batch_size, "lr": lr, "reading_share": reading_share,
+              "loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+              "held_out_drills": eval_drills, "seconds": time.perf_counter() - start}
+    report.update({f"{kind}_accuracy": copy_accuracy(model, tokenizer, drills) for kind, drills in held_out.items()})
+    return report

@@ -130,7 +130,7 @@ def tiny_model_dir(cfg: ModelConfig) -> Path:
     """Where the tiny model for this architecture config lives (content-addressed by the config)."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens", "pretrain_steps",
-            "pretrain_batch_size", "pretrain_lr")
+            "pretrain_batch_size", "pretrain_lr", "pretrain_reading_share")
     spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES,
                                                  "pre_tokenizer": repr(pre_tokenizer())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
@@ -168,10 +168,12 @@ def build_tiny_model(cfg: ModelConfig) -> Path:
         from orchestra_rl.models.pretrain import pretrain_copying
 
         pretrained = pretrain_copying(model, tokenizer, list(cfg.word_tokens), cfg.pretrain_steps,
-                                      cfg.pretrain_batch_size, cfg.pretrain_lr, cfg.seed)
+                                      cfg.pretrain_batch_size, cfg.pretrain_lr, cfg.seed,
+                                      reading_share=cfg.pretrain_reading_share)
         print(f"copy pretraining: {cfg.pretrain_steps} steps in {pretrained['seconds']:.0f} s, loss "
               f"{pretrained['loss_first']:.2f} -> {pretrained['loss_last']:.2f}, held-out calls written exactly "
-              f"{pretrained['copy_accuracy']:.2f}")
+              f"{pretrained['copy_accuracy']:.2f}"
+              + (f", reading {pretrained['reading_accuracy']:.2f}" if "reading_accuracy" in pretrained else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))
     try:

@@ -70,13 +70,14 @@ class SearchTool(Tool):
     async def run(self, arguments: dict[str, Any], task: str = "") -> ToolResult:
         start = time.perf_counter()
         if self.cfg.backend == "bm25":
-            text, error = self._bm25(arguments["query"]), None
+            text, error = self.bm25(arguments["query"]), None
         else:
             text, error = await self._tavily(arguments["query"])
         return ToolResult(text=text, error=error, cost_usd=self.pricing.cost(),
                           latency_s=time.perf_counter() - start)
 
-    def _bm25(self, query: str) -> str:
+    def bm25(self, query: str) -> str:
+        """The top passages for `query` from the local corpus, formatted as the policy reads them."""
         tokens = [t for t in _tokenize([query])[0] if t in self.index.vocab_dict]
         if not tokens:  # only stopwords or words the corpus never uses
             return "No results."

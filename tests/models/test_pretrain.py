@@ -8,7 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.metrics import faithful_call
-from orchestra_rl.models.pretrain import DRILL_ARGUMENT, DrillMaker, encode_drill, copy_accuracy
+from orchestra_rl.config import DataConfig
+from orchestra_rl.data.world import build_world, load_world
+from orchestra_rl.models.pretrain import (DRILL_ARGUMENT, DrillMaker, ReadingDrillMaker, copy_accuracy,
+                                          encode_drill)
 from orchestra_rl.models.tiny import PRETRAIN_FILE, build_tiny_model, tiny_model_dir
 
 TOOLS = ["python", "search", "math_expert", "small_generalist", "large_generalist", "answer"]
@@ -43,13 +46,40 @@ def test_drills_copy_from_their_question_and_choose_the_tool_independently_of_it
     assert DrillMaker(TOOLS, seed=1).drill() != drills[0]
 
 
+def test_reading_drills_use_what_the_tools_said_about_worlds_of_their_own(tmp_path):
+    maker = ReadingDrillMaker(seed=0, worlds=2)
+    drills = [maker.drill() for _ in range(400)]
+    assert Counter(d.tool for d in drills).keys() == {"answer", "python", "search"}
+    for d in drills:
+        said = [m["content"] for m in d.context if m["role"] == "tool"]
+        assert said and d.context[0]["role"] == "user"  # a question, then calls and what they returned
+        if d.tool == "answer":  # the answer is read out of the last response (a passage, or python's output)
+            assert d.arguments["answer"].replace(",", "") in said[-1].replace(",", ""), d
+        elif d.arguments != {"code": f"print({d.question!r})"}:  # (a search missed a fact: nothing to compute)
+            # the second search of a multihop chain, or its python call on the two passages' numbers
+            assert faithful_call(d.tool, d.arguments, d.question, said), d
+    passages = [d for d in drills if d.tool == "answer" and "[1]" in d.context[-1]["content"]]
+    assert len(passages) > 100  # lookups: the fact is one of several in three passages
+    assert ReadingDrillMaker(seed=0, worlds=1).drill() == ReadingDrillMaker(seed=0, worlds=1).drill()  # seeded
+    # Their entities are none of a task world's (seeds 0..9), and the held-out stream's none of the trained ones'.
+    def names(world):
+        return {e["name"] for kind in world.values() for e in kind}
+    task_worlds = set().union(*(names(load_world(build_world(DataConfig(seed=s, cache_dir=str(tmp_path)))))
+                                for s in range(10)))
+    trained = {d.question for d in drills}
+    held_out = {d.question for d in (ReadingDrillMaker(seed=1, worlds=1).drill() for _ in range(200))}
+    assert not any(n in q for n in task_worlds for q in trained | held_out)
+    assert not trained & held_out
+
+
 def test_a_pretrained_build_is_its_own_model_folder_trained_on_drills(make_config):
-    cfg = make_config("model.pretrain_steps=30", "model.pretrain_lr=3e-3").model
+    cfg = make_config("model.pretrain_steps=30", "model.pretrain_lr=3e-3", "model.pretrain_reading_share=0.3").model
     plain = make_config("model.pretrain_steps=0").model
     assert tiny_model_dir(cfg) != tiny_model_dir(plain) != tiny_model_dir(make_config().model)
     path = build_tiny_model(cfg)
     report = json.loads((path / PRETRAIN_FILE).read_text())
-    assert report["steps"] == 30 and report["held_out_drills"] == 256
+    assert report["steps"] == 30 and report["held_out_drills"] == 256 and report["reading_share"] == 0.3
+    assert 0 <= report["reading_accuracy"] <= 1  # on reading drills about a world never trained on
     assert report["loss_last"] < report["loss_first"]  # 30 steps learn the call format, not yet the copying
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -61,11 +91,14 @@ def test_a_pretrained_build_is_its_own_model_folder_trained_on_drills(make_confi
     assert copy_accuracy(model, tokenizer, held_out) == report["copy_accuracy"]
 
 
-def test_copying_is_judged_on_the_call_but_its_randomly_drawn_tool_name(tiny_model_path):
+def test_the_loss_falls_on_the_call_but_its_tool_name(tiny_model_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    drill = DrillMaker(TOOLS, seed=0).drill()
-    ids, loss, judged = encode_drill(tokenizer, drill)
-    assert ids == tokenizer.encode(drill.prompt() + drill.completion(), add_special_tokens=False)  # tokenised whole
-    assert tokenizer.decode([t for t, m in zip(ids, loss) if m]) == drill.completion()
-    judged_text = tokenizer.decode([t for t, m in zip(ids, judged) if m])
-    assert drill.tool not in judged_text and json.dumps(drill.arguments) in judged_text
+    for drill in (DrillMaker(TOOLS, seed=0).drill(), ReadingDrillMaker(seed=0, worlds=1).drill()):
+        ids, mask = encode_drill(tokenizer, drill)
+        prompt = drill.prompt(tokenizer)
+        assert prompt == tokenizer.apply_chat_template(list(drill.context), tokenize=False,
+                                                       add_generation_prompt=True)
+        assert ids == tokenizer.encode(prompt + drill.completion(), add_special_tokens=False)  # tokenised whole
+        trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+        assert drill.tool not in trained and json.dumps(drill.arguments) in trained
+        assert trained.endswith("</tool_call><|im_end|>") and len(trained) < len(drill.completion())

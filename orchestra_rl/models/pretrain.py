@@ -36,6 +36,8 @@ from orchestra_rl.config import DataConfig, ToolConfig
 from orchestra_rl.data.world import InventedNames, build_world, evaluate_arithmetic, load_tasks
 from orchestra_rl.types import ToolCall
 
+DRILLS_VERSION = 2  # part of the model folder's address: bump when the drills or their schedule change
+
 # The argument each drill tool takes; a tool word not listed here takes a "question" (the experts).
 DRILL_ARGUMENT = {"python": "code", "search": "query", "answer": "answer"}
 _ENTITY_QUESTIONS = ("In what year was {} founded?", "What is the population of {}?",
@@ -52,6 +54,7 @@ class Drill:
     context: tuple[dict[str, str], ...]  # chat messages before the call: the question, earlier calls, responses
     tool: str
     arguments: dict[str, str]
+    random_tool: bool = False  # the tool was drawn independently of the context (copy drills)
 
     @property
     def question(self) -> str:
@@ -115,12 +118,15 @@ class DrillMaker:
             value = self.rng.choice(keys)
         else:
             value = question
-        return Drill(_user(question), tool, {argument: value})
+        return Drill(_user(question), tool, {argument: value}, random_tool=True)
 
 
 # The default tools' ways through each family a reading drill is drawn from (search, then python, then answer).
 READING_PLANS = {"lookup": ("search",), "multihop": ("search", "search", "python"), "arithmetic": ("python",)}
 READING_TOOLS = ("search", "python", "answer")
+# Reading builds on copying: copy drills alone until this share of the steps (their loss collapses, the model
+# copies, after ~500-1000 steps), then reading drills join. Mixed in from the start, copying did not form in 2000.
+READING_FROM = 0.5
 READING_BATCH_DIVISOR = 4  # a reading batch holds a quarter of batch_size: its drills are ~6 times longer
 READING_TOP_K = 3  # passages per search, as conf/tools/default.yaml
 READING_WORLDS = 8  # worlds per reading stream (each 24 countries, companies and people, as the default world)
@@ -174,52 +180,56 @@ class ReadingDrillMaker:
         return Drill(tuple(context), name, arguments)
 
 
-def encode_drill(tokenizer: Any, drill: Drill) -> tuple[list[int], list[int]]:
-    """(token ids, loss mask): the loss falls on the call but its tool name, which a drill draws at random (copy
-    drills) or from its fixed plan (reading drills): drills teach what to write into a call, not which call to
-    make. The text is tokenised whole, as the chat template's output is."""
+def encode_drill(tokenizer: Any, drill: Drill) -> tuple[list[int], list[int], list[int]]:
+    """(token ids, loss mask, judged mask). Both cover the call; the judged mask never its tool name (copying is
+    judged given the tool), the loss mask only where the name was drawn at random (copy drills: a uniform prior, no
+    routing). A reading drill's tool follows its fixed plan, so training on it would teach routing. The text is
+    tokenised whole, as the chat template's output is."""
     prompt, completion = drill.prompt(tokenizer), drill.completion()
     encoded = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
     name = json.dumps(drill.tool)
     name_start = len(prompt) + completion.index(name)
     name_end = name_start + len(name)
-    mask = [int(end > len(prompt) and not (start < name_end and end > name_start))
-            for start, end in encoded["offset_mapping"]]
-    return encoded["input_ids"], mask
+    call = [int(end > len(prompt)) for _, end in encoded["offset_mapping"]]
+    judged = [int(keep and not (start < name_end and end > name_start))
+              for keep, (start, end) in zip(call, encoded["offset_mapping"])]
+    return encoded["input_ids"], call if drill.random_tool else judged, judged
 
 
-def _batch(tokenizer: Any, drills: list[Drill]) -> tuple[Any, Any]:
-    """(token ids, loss mask aligned to the predicted tokens ids[:, 1:]), right-padded: the padding comes after
-    all that counts."""
+def _batch(tokenizer: Any, drills: list[Drill]) -> tuple[Any, Any, Any]:
+    """(token ids, loss mask, judged mask), the masks aligned to the predicted tokens ids[:, 1:]; right-padded: the
+    padding comes after all that counts."""
     import torch
 
     encoded = [encode_drill(tokenizer, d) for d in drills]
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in encoded])
-    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in encoded], dtype=torch.bool)[:, 1:]
-    return ids, mask
+    width = max(len(ids) for ids, _, _ in encoded)
+    ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _, _ in encoded])
+    loss, judged = (torch.tensor([m[k] + [0] * (width - len(m[k])) for m in encoded], dtype=torch.bool)[:, 1:]
+                    for k in (1, 2))
+    return ids, loss, judged
 
 
 def copy_accuracy(model: Any, tokenizer: Any, drills: list[Drill], batch_size: int = 64) -> float:
     """The share of drills whose call, given its tool name, the model writes exactly when decoding greedily: the
-    argmax is right at every masked token given the right ones before it (a forward pass, the verdict of
+    argmax is right at every judged token given the right ones before it (a forward pass, the verdict of
     generating)."""
     import torch
 
     right = []
     for i in range(0, len(drills), batch_size):
-        ids, mask = _batch(tokenizer, drills[i:i + batch_size])
+        ids, _, judged = _batch(tokenizer, drills[i:i + batch_size])
         with torch.no_grad():
             correct = model(ids).logits[:, :-1].argmax(-1) == ids[:, 1:]
-        right += (correct | ~mask).all(dim=1).tolist()
+        right += (correct | ~judged).all(dim=1).tolist()
     return sum(right) / len(right)
 
 
 def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, batch_size: int, lr: float,
                      seed: int, reading_share: float = 0.0, eval_drills: int = 256) -> dict[str, Any]:
-    """Train `model` in place on `steps` batches of fresh drills, a share `reading_share` of them of reading drills
-    (they need the default tools' names among `tools`); returns what it did: the loss at its first step and over
-    its last 20, the held-out accuracy of copy and of reading drills (worlds never trained on), seconds."""
+    """Train `model` in place on `steps` batches of fresh drills, after the first READING_FROM of the steps a share
+    `reading_share` of them of reading drills (they need the default tools' names among `tools`); returns what it
+    did: the loss at its first step and over its last 20, the held-out accuracy of copy and of reading drills (these
+    about a world never trained on), seconds."""
     import torch
     from tqdm import tqdm
 
@@ -238,12 +248,12 @@ def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, b
     start, losses = time.perf_counter(), []
     model.train()
     with tqdm(range(steps), desc="copy pretraining", unit="step", dynamic_ncols=True) as bar:
-        for _ in bar:
-            if reader is not None and mixer.random() < reading_share:
+        for step in bar:
+            if reader is not None and step >= steps * READING_FROM and mixer.random() < reading_share:
                 drills = [reader.drill() for _ in range(max(1, batch_size // READING_BATCH_DIVISOR))]
             else:
                 drills = [copier.drill() for _ in range(batch_size)]
-            ids, mask = _batch(tokenizer, drills)
+            ids, mask, _ = _batch(tokenizer, drills)
             logits = model(ids).logits[:, :-1]
             token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                            ids[:, 1:].reshape(-1), reduction="none")

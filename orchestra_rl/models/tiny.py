@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from orchestra_rl.config import ModelConfig
+from orchestra_rl.models.pretrain import DRILLS_VERSION, pretrain_copying
 
 # Added tokens as in Qwen3: the chat markers are special (dropped when decoding with skip_special_tokens); the
 # tool-call markers are plain added tokens, so they survive detokenisation and </tool_call> is one stop token.
@@ -132,7 +133,8 @@ def tiny_model_dir(cfg: ModelConfig) -> Path:
             "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens", "pretrain_steps",
             "pretrain_batch_size", "pretrain_lr", "pretrain_reading_share")
     spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES,
-                                                 "pre_tokenizer": repr(pre_tokenizer())}
+                                                 "pre_tokenizer": repr(pre_tokenizer()),
+                                                 "drills": DRILLS_VERSION if cfg.pretrain_steps else 0}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(os.path.expanduser(cfg.cache_dir)) / f"tiny-qwen3-{digest}"
 
@@ -165,8 +167,6 @@ def build_tiny_model(cfg: ModelConfig) -> Path:
     model = Qwen3ForCausalLM(config)
     pretrained = None
     if cfg.pretrain_steps > 0:
-        from orchestra_rl.models.pretrain import pretrain_copying
-
         pretrained = pretrain_copying(model, tokenizer, list(cfg.word_tokens), cfg.pretrain_steps,
                                       cfg.pretrain_batch_size, cfg.pretrain_lr, cfg.seed,
                                       reading_share=cfg.pretrain_reading_share)

@@ -27,13 +27,6 @@ from orchestra_rl.types import Task, Trajectory
 CALLABLE_KINDS = ("python", "search", "llm")
 
 
-def baseline_names(cfg: Config) -> list[str]:
-    """Every baseline name the config's tools allow (what config validation accepts)."""
-    tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind in CALLABLE_KINDS]
-    priced = ["only:priciest", "only:cheapest"] if _models_by_price(cfg) else []
-    return ["random", "best", "only:*", *priced, *(f"only:{t}" for t in tools)]
-
-
 def _models_by_price(cfg: Config) -> list[str]:
     """The enabled model tools, cheapest first (by output, then input token price; ties in config order)."""
     models = [(n, t) for n, t in cfg.tools.tools.items() if t.enabled and t.kind == "llm"]

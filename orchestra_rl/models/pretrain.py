@@ -27,14 +27,16 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from orchestra_rl.config import DataConfig, ToolConfig
-from orchestra_rl.data.world import InventedNames, build_world, evaluate_arithmetic, load_tasks
-from orchestra_rl.types import ToolCall
+from orchestra_rl.data.world import (ATTRIBUTE_KEYWORDS, InventedNames, UNKNOWN, build_world, evaluate_arithmetic,
+                                     find_span, load_tasks)
+from orchestra_rl.types import Task, ToolCall
 
 DRILLS_VERSION = 2  # part of the model folder's address: bump when the drills or their schedule change
 
@@ -141,12 +143,30 @@ def _printed(code: str) -> str:
         return str(ast.literal_eval(inner))
 
 
+def reading_call(task: Task, responses: list[str]) -> tuple[str, dict[str, str]]:
+    """The call after `responses` on the task's READING_PLANS way, filled as the SFT demonstrations fill it: a search
+    for the question (a multihop search: an entity and its attribute's keyword), python on the expression once all
+    its numbers were read (else it can only print the question), then the answer the last response gives."""
+    plan, step = READING_PLANS[task.family], len(responses)
+    if step < len(plan) and plan[step] == "search":
+        if task.family != "multihop":
+            return "search", {"query": task.question}
+        entity, attribute = task.metadata["entities"][step], task.metadata["attributes"][step]
+        return "search", {"query": f"{entity} {ATTRIBUTE_KEYWORDS[attribute]}"}
+    if step < len(plan):
+        expression, seen = task.metadata["expression"], "\n".join([task.question, *responses])
+        readable = all(find_span(seen, n) for n in re.findall(r"\d+", expression))
+        return "python", {"code": f"print({expression})" if readable else f"print({task.question!r})"}
+    if plan[-1] == "search":  # a lookup: the fact as the passage writes it
+        return "answer", {"answer": find_span(responses[-1], task.answer) or UNKNOWN}
+    return "answer", {"answer": responses[-1].strip().splitlines()[-1]}  # python's output
+
+
 class ReadingDrillMaker:
     """Reading drills from a seeded stream over `worlds` worlds of their own: stream `seed` uses world seeds
     -(1 + seed * READING_WORLDS + k), so the held-out stream (seed + 1) reads about entities never trained on."""
 
     def __init__(self, seed: int, worlds: int = READING_WORLDS):
-        from orchestra_rl.sft.scripted import ScriptedPolicy
         from orchestra_rl.tools.search import SearchTool
 
         if not 0 < worlds <= READING_WORLDS:
@@ -160,23 +180,19 @@ class ReadingDrillMaker:
                 folder = build_world(data)
                 search = SearchTool("search", ToolConfig(kind="search", top_k=READING_TOP_K), folder)
                 self.worlds.append((load_tasks(folder, "train"), search))
-        kinds = {name: name for name in READING_TOOLS}
-        self.demonstrator = ScriptedPolicy(None, [], {f: [plan] for f, plan in READING_PLANS.items()}, kinds,
-                                           answer_tool="answer")
 
     def drill(self) -> Drill:
         tasks, search = self.rng.choice(self.worlds)
         task = self.rng.choice(tasks)
-        plan = READING_PLANS[task.family]
-        target = self.rng.randint(1, len(plan))  # the call after this many responses is the one trained on
+        target = self.rng.randint(1, len(READING_PLANS[task.family]))  # the call after this many responses
         context, responses = list(_user(task.question)), []
         for _ in range(target):
-            name, arguments = self.demonstrator.next_call(task, responses)
+            name, arguments = reading_call(task, responses)
             response = search.bm25(arguments["query"]) if name == "search" else _printed(arguments["code"])
             context += [{"role": "assistant", "content": ToolCall(name, arguments).render()},
                         {"role": "tool", "content": response}]
             responses.append(response)
-        name, arguments = self.demonstrator.next_call(task, responses)
+        name, arguments = reading_call(task, responses)
         return Drill(tuple(context), name, arguments)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from orchestra_rl.config import Config
 from orchestra_rl.data.strategies import expected_outcomes
+from orchestra_rl.data.world import ATTRIBUTE_KEYWORDS, UNKNOWN, find_span
 from orchestra_rl.rollout.engine import Generation, scripted_generation
 from orchestra_rl.types import Task, ToolCall
 
@@ -32,15 +33,10 @@ from orchestra_rl.types import Task, ToolCall
 # default tools and experts: python, math_expert, small_generalist, large_generalist (arithmetic), search (lookup),
 # search -> search -> python (multihop).
 MIN_STRATEGY_ACCURACY = 0.25
-UNKNOWN = "unknown"  # the answer when the tool responses do not contain one
-# Search keywords of the multihop attributes (each word appears next to its fact in the corpus).
-ATTRIBUTE_KEYWORDS = {"population": "population", "employees": "employees", "area_km2": "area",
-                      "founded": "founded", "birth_year": "born"}
 
 _RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
 _EXPERT_ANSWER = re.compile(r"The answer is (.+)\.", re.DOTALL)
 _ARITHMETIC_QUESTION = re.compile(r"What is (.+)\?")
-_NUMBER = re.compile(r"\d[\d,]*\d|\d")
 # Markers the python tool adds when a program did not run cleanly (stderr, exit code, a limit).
 _PYTHON_FAILURE = ("[stderr]", "[exit code", "[error:")
 
@@ -64,13 +60,6 @@ def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
         raise ValueError(f"no enabled tool strategy reaches accuracy {MIN_STRATEGY_ACCURACY} for families "
                          f"{', '.join(missing)}: enable their tools (tools.tools) or experts (data.experts)")
     return {family: list(pool) for family in cfg.data.families}
-
-
-def find_span(text: str, value: str) -> str | None:
-    """`value` as written in `text` (a number may be written with thousands separators), or None."""
-    if re.fullmatch(r"\d+", value):
-        return next((m.group() for m in _NUMBER.finditer(text) if m.group().replace(",", "") == value), None)
-    return value if value in text else None
 
 
 def read_expert(response: str) -> str:

@@ -167,11 +167,10 @@ def validate(cfg: Config) -> Config:
         f"must be a non-empty list of multiples of model.head_dim ({cfg.model.head_dim})")
     _check(cfg.eval.max_tasks >= 0, "eval.max_tasks", "must be >= 0")
     _check(cfg.eval.group_size > 0, "eval.group_size", "must be > 0")
-    # the baselines eval/baselines.py knows: each callable tool alone, the dearest / cheapest model alone
+    # the baselines eval/baselines.py knows: each callable tool alone, the dearest / cheapest model alone (none
+    # without a model tool: the default train.baselines stays valid when every model is turned off)
     callable_tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind in ("python", "search", "llm")]
-    priced = ["only:priciest", "only:cheapest"] if any(cfg.tools.tools[n].kind == "llm" for n in callable_tools) \
-        else []
-    baselines = ["random", "best", "only:*", *priced, *(f"only:{n}" for n in callable_tools)]
+    baselines = ["random", "best", "only:*", "only:priciest", "only:cheapest", *(f"only:{n}" for n in callable_tools)]
     for key, names in (("eval.baselines", cfg.eval.baselines), ("train.baselines", cfg.train.baselines)):
         for b in names:
             _check(b in baselines, key, f"unknown baseline {b!r}; known: {', '.join(baselines)}")

@@ -5,7 +5,7 @@ tool executors and experts as a trained policy, on the same tasks and seeds:
 
     only:<tool>  that tool alone on every task ("only:large_generalist" is "always ask the large generalist")
     only:priciest, only:cheapest   the model tool (kind llm) with the highest / lowest price, alone: "always ask
-                 the biggest model" and "always ask the cheapest one" under any tool set
+                 the biggest model" and "always ask the cheapest one" under any tool set (none without models)
     random       one tool drawn per trajectory (seeded by task and trial), then the answer: a random router
     best         each family's most accurate strategy (ties to the cheaper), which the world knows by design
 
@@ -35,11 +35,11 @@ def _models_by_price(cfg: Config) -> list[str]:
 
 def expand_baselines(cfg: Config, names: list[str]) -> list[str]:
     """`only:*` becomes one `only:<tool>` per callable tool, in config order, and only:priciest / only:cheapest the
-    `only:<tool>` of that model; duplicates dropped."""
+    `only:<tool>` of that model (nothing when no model tool is enabled); duplicates dropped."""
     tools = [n for n, t in cfg.tools.tools.items() if t.enabled and t.kind in CALLABLE_KINDS]
-    aliases = {"only:*": [f"only:{t}" for t in tools]}
-    if models := _models_by_price(cfg):
-        aliases |= {"only:priciest": [f"only:{models[-1]}"], "only:cheapest": [f"only:{models[0]}"]}
+    models = _models_by_price(cfg)  # none enabled: the two model aliases name no baseline
+    aliases = {"only:*": [f"only:{t}" for t in tools], "only:priciest": [f"only:{m}" for m in models[-1:]],
+               "only:cheapest": [f"only:{m}" for m in models[:1]]}
     return list(dict.fromkeys(x for name in names for x in aliases.get(name, [name])))
 
 

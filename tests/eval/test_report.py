@@ -143,6 +143,9 @@ def test_baseline_tables_route_every_family_as_named(make_config):
         "only:frontier_model", "only:budget_generalist"]
     cheaper = make_config("tools=unseen", "tools.tools.math_specialist.price_out_per_mtok=0.001")
     assert expand_baselines(cheaper, ["only:cheapest"]) == ["only:math_specialist"]
+    no_models = make_config(*(f"tools.tools.{t}.enabled=false"
+                              for t in ("math_expert", "small_generalist", "large_generalist")))
+    assert expand_baselines(no_models, ["only:priciest", "only:cheapest", "best"]) == ["best"]
 
 
 def test_report_of_a_sweep_draws_its_pareto_plot(sweep, capsys):

@@ -48,15 +48,19 @@ def add_rewards(system: System, cfg: Config, summary: dict[str, Any],
     """The summary with the mean reward overall and per family, and the scored trajectories."""
     tasks = {t.task_id: t for t in system.tasks(cfg.eval.split)}
     scored = ray.get(system.reward.score.remote(trajectories, tasks))
+    return with_mean_rewards(summary, scored), scored
+
+
+def with_mean_rewards(summary: dict[str, Any], scored: list[Trajectory]) -> dict[str, Any]:
     summary["overall"]["reward"] = sum(t.reward for t in scored) / len(scored)
     for family, s in summary["families"].items():
         group = [t.reward for t in scored if t.family == family]
         s["reward"] = sum(group) / len(group)
-    return summary, scored
+    return summary
 
 
 def side_by_side(system: System, cfg: Config, policies: dict[str, list[Trajectory]]) -> dict[str, dict[str, Any]]:
-    """The policies' evaluations beside the fixed baselines (train.baselines), on the evaluation's QA tasks (the
+    """The policies' evaluations (scored trajectories) beside the fixed baselines (train.baselines), on the evaluation's QA tasks (the
     families a baseline knows) with the same trials: {name: summary}, policies first. Empty when the evaluation
     has no QA task."""
     tasks = [t for t in select_tasks(system, cfg.eval.split, cfg.train.eval_max_tasks)
@@ -66,9 +70,9 @@ def side_by_side(system: System, cfg: Config, policies: dict[str, list[Trajector
         return {}
     ids, copying = {t.task_id for t in tasks}, copying_tools(cfg.tools.tools)
     entries = {}
-    for name, trajectories in policies.items():
-        summary = summarize([t for t in trajectories if t.task_id in ids], tasks, system.tool_names, copying)
-        entries[name] = add_rewards(system, cfg, summary, [t for t in trajectories if t.task_id in ids])[0]
+    for name, scored in policies.items():  # already scored: their QA part is summarised, not scored again
+        qa = [t for t in scored if t.task_id in ids]
+        entries[name] = with_mean_rewards(summarize(qa, tasks, system.tool_names, copying), qa)
     for name in expand_baselines(cfg, cfg.train.baselines):
         trajectories = run_baseline(cfg, system, tasks, name, cfg.rollout.group_size)
         entries[name] = add_rewards(system, cfg, summarize(trajectories, tasks, system.tool_names, copying),

@@ -240,6 +240,17 @@ def copy_accuracy(model: Any, tokenizer: Any, drills: list[Drill], batch_size: i
     return sum(right) / len(right)
 
 
+def held_out_drills(tools: list[str], seed: int, n: int, reading: bool) -> dict[str, list[Drill]]:
+    """The drills the stage is judged on, by kind: n of each, from the streams of seed + 1 (reading drills: about a
+    world never trained on)."""
+    copy_maker = DrillMaker(tools, seed + 1)
+    held_out = {"copy": [copy_maker.drill() for _ in range(n)]}
+    if reading:
+        reading_maker = ReadingDrillMaker(seed + 1, worlds=1)
+        held_out["reading"] = [reading_maker.drill() for _ in range(n)]
+    return held_out
+
+
 def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, batch_size: int, lr: float,
                      seed: int, reading_share: float = 0.0, eval_drills: int = 256) -> dict[str, Any]:
     """Train `model` in place on `steps` batches of fresh drills, after the first READING_FROM of the steps a share
@@ -254,11 +265,8 @@ def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, b
         raise ValueError(f"reading drills call the tools {', '.join(READING_TOOLS)}: add them to model.word_tokens "
                          "or set model.pretrain_reading_share to 0")
     torch.manual_seed(seed)
-    held_out = {"copy": [DrillMaker(tools, seed + 1).drill() for _ in range(eval_drills)]}
+    held_out = held_out_drills(tools, seed, eval_drills, reading)
     copier, reader = DrillMaker(tools, seed), ReadingDrillMaker(seed) if reading else None
-    if reader is not None:
-        evaluator = ReadingDrillMaker(seed + 1, worlds=1)
-        held_out["reading"] = [evaluator.drill() for _ in range(eval_drills)]
     mixer = random.Random(f"drill-mix/{seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start, losses = time.perf_counter(), []

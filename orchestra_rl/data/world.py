@@ -23,7 +23,6 @@ import hashlib
 import json
 import operator
 import random
-import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -66,19 +65,6 @@ HIDDEN_QUESTIONS = {
     ("people", "clearance_number"): "What is the security clearance number of {name}?",
     ("people", "passphrase"): "What is the secret passphrase of {name}?",
 }
-
-# Search keywords of the multihop attributes (each word appears next to its fact in the corpus).
-ATTRIBUTE_KEYWORDS = {"population": "population", "employees": "employees", "area_km2": "area",
-                      "founded": "founded", "birth_year": "born"}
-UNKNOWN = "unknown"  # the answer a demonstration gives when the tool responses do not contain one
-_NUMBER = re.compile(r"\d[\d,]*\d|\d")  # as the corpus writes numbers: with or without thousands separators
-
-
-def find_span(text: str, value: str) -> str | None:
-    """`value` as written in `text` (a number may be written with thousands separators), or None."""
-    if re.fullmatch(r"\d+", value):
-        return next((m.group() for m in _NUMBER.finditer(text) if m.group().replace(",", "") == value), None)
-    return value if value in text else None
 
 
 _ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "j", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t",

@@ -27,15 +27,14 @@ from __future__ import annotations
 import ast
 import json
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from orchestra_rl.config import DataConfig, ToolConfig
-from orchestra_rl.data.world import (ATTRIBUTE_KEYWORDS, InventedNames, UNKNOWN, build_world, evaluate_arithmetic,
-                                     find_span, load_tasks)
+from orchestra_rl.data.reading import UNKNOWN, find_span, python_code, search_query
+from orchestra_rl.data.world import InventedNames, build_world, evaluate_arithmetic, load_tasks
 from orchestra_rl.types import Task, ToolCall
 
 DRILLS_VERSION = 2  # part of the model folder's address: bump when the drills or their schedule change
@@ -144,19 +143,13 @@ def _printed(code: str) -> str:
 
 
 def reading_call(task: Task, responses: list[str]) -> tuple[str, dict[str, str]]:
-    """The call after `responses` on the task's READING_PLANS way, filled as the SFT demonstrations fill it: a search
-    for the question (a multihop search: an entity and its attribute's keyword), python on the expression once all
-    its numbers were read (else it can only print the question), then the answer the last response gives."""
+    """The call after `responses` on the task's READING_PLANS way, its arguments filled as the SFT demonstrations
+    fill them (search_query, python_code), then the answer the last response gives."""
     plan, step = READING_PLANS[task.family], len(responses)
-    if step < len(plan) and plan[step] == "search":
-        if task.family != "multihop":
-            return "search", {"query": task.question}
-        entity, attribute = task.metadata["entities"][step], task.metadata["attributes"][step]
-        return "search", {"query": f"{entity} {ATTRIBUTE_KEYWORDS[attribute]}"}
     if step < len(plan):
-        expression, seen = task.metadata["expression"], "\n".join([task.question, *responses])
-        readable = all(find_span(seen, n) for n in re.findall(r"\d+", expression))
-        return "python", {"code": f"print({expression})" if readable else f"print({task.question!r})"}
+        if plan[step] == "search":
+            return "search", {"query": search_query(task, step)}
+        return "python", {"code": python_code(task, responses)}
     if plan[-1] == "search":  # a lookup: the fact as the passage writes it
         return "answer", {"answer": find_span(responses[-1], task.answer) or UNKNOWN}
     return "answer", {"answer": responses[-1].strip().splitlines()[-1]}  # python's output

@@ -25,7 +25,7 @@ from typing import Any
 
 from orchestra_rl.config import Config
 from orchestra_rl.data.strategies import expected_outcomes
-from orchestra_rl.data.world import ATTRIBUTE_KEYWORDS, UNKNOWN, find_span
+from orchestra_rl.data.reading import UNKNOWN, find_span, python_code, search_query
 from orchestra_rl.rollout.engine import Generation, scripted_generation
 from orchestra_rl.types import Task, ToolCall
 
@@ -36,7 +36,6 @@ MIN_STRATEGY_ACCURACY = 0.25
 
 _RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
 _EXPERT_ANSWER = re.compile(r"The answer is (.+)\.", re.DOTALL)
-_ARITHMETIC_QUESTION = re.compile(r"What is (.+)\?")
 # Markers the python tool adds when a program did not run cleanly (stderr, exit code, a limit).
 _PYTHON_FAILURE = ("[stderr]", "[exit code", "[error:")
 
@@ -146,20 +145,9 @@ class ScriptedPolicy:
             # Experts configured with include_task receive the task itself: the call only has to route it.
             return {"question": EXPERT_REQUEST if self.expert_gets_task.get(plan[step]) else task.question}
         if kind == "search":
-            if task.family == "multihop":  # one search per entity, in the question's order
-                j = plan[:step].count(plan[step])
-                entity, attribute = task.metadata["entities"][j], task.metadata["attributes"][j]
-                return {"query": f"{entity} {ATTRIBUTE_KEYWORDS.get(attribute, attribute.replace('_', ' '))}"}
-            return {"query": task.question}
+            return {"query": search_query(task, plan[:step].count(plan[step]))}
         if kind == "python":
-            # The task's expression once every number in it has been read: in the question (arithmetic), in the
-            # searches' passages (multihop). Otherwise the program can only print the question.
-            m = _ARITHMETIC_QUESTION.fullmatch(task.question)
-            expression = task.metadata.get("expression") or (m.group(1) if m else "")
-            seen = "\n".join([task.question, *responses])
-            if re.search(r"\d", expression) and all(find_span(seen, n) for n in re.findall(r"\d+", expression)):
-                return {"code": f"print({expression})"}
-            return {"code": f"print({task.question!r})"}
+            return {"code": python_code(task, responses)}
         raise ValueError(f"the scripted policy cannot call tool {plan[step]!r} of kind {kind!r}")
 
     def _answer(self, task: Task, called: tuple[str, ...], responses: list[str]) -> str:

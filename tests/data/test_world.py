@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchestra_rl.config import ConfigError, DataConfig
+from orchestra_rl.data.reading import ATTRIBUTE_KEYWORDS, python_code, search_query
 from orchestra_rl.data.world import (HIDDEN_QUESTIONS, PREFERENCE_PRESETS, build_world, evaluate_arithmetic,
                                      fact_questions, load_tasks, load_world)
 from orchestra_rl.reward.outcome import normalize_answer
@@ -130,3 +131,18 @@ def test_evaluate_arithmetic(expression, value):
 def test_evaluate_arithmetic_refuses_anything_else(expression):
     with pytest.raises(ValueError):
         evaluate_arithmetic(expression)
+
+
+def test_search_query_and_python_code_read_the_task(world_dir):
+    tasks = {t.family: t for t in load_tasks(world_dir, "train")}
+    lookup, hop, arithmetic = tasks["lookup"], tasks["multihop"], tasks["arithmetic"]
+    assert search_query(lookup, 0) == lookup.question
+    # A multihop task searches each entity with its attribute's keyword, in the question's order.
+    for j, (entity, attribute) in enumerate(zip(hop.metadata["entities"], hop.metadata["attributes"])):
+        assert search_query(hop, j) == f"{entity} {ATTRIBUTE_KEYWORDS[attribute]}"
+    # The numbers of an arithmetic task are in its question; a multihop task's only once both facts were read.
+    assert python_code(arithmetic, []) == f"print({arithmetic.metadata['expression']})"
+    numbers = re.findall(r"\d+", hop.metadata["expression"])
+    passages = [f"{hop.metadata['entities'][j]} has {int(n):,}." for j, n in enumerate(numbers)]
+    assert python_code(hop, []) == python_code(hop, passages[:1]) == f"print({hop.question!r})"
+    assert python_code(hop, passages) == f"print({hop.metadata['expression']})"

@@ -60,9 +60,9 @@ def with_mean_rewards(summary: dict[str, Any], scored: list[Trajectory]) -> dict
 
 
 def side_by_side(system: System, cfg: Config, policies: dict[str, list[Trajectory]]) -> dict[str, dict[str, Any]]:
-    """The policies' evaluations (scored trajectories) beside the fixed baselines (train.baselines), on the evaluation's QA tasks (the
-    families a baseline knows) with the same trials: {name: summary}, policies first. Empty when the evaluation
-    has no QA task."""
+    """The policies' evaluations (scored trajectories) beside the fixed baselines (train.baselines), on the
+    evaluation's QA tasks (the families a baseline knows) with the same trials: {name: summary}, policies first.
+    Empty when the evaluation has no QA task."""
     tasks = [t for t in select_tasks(system, cfg.eval.split, cfg.train.eval_max_tasks)
              if t.family in cfg.data.families]
     if not tasks:

@@ -20,8 +20,9 @@ from orchestra_rl.models.pretrain import DRILLS_VERSION, pretrain_copying
 # Added tokens as in Qwen3: the chat markers are special (dropped when decoding with skip_special_tokens); the
 # tool-call markers are plain added tokens, so they survive detokenisation and </tool_call> is one stop token.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-PRETRAIN_FILE = "pretrain.json"  # what copy pretraining did (models/pretrain.py), in the model folder
 TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+
+PRETRAIN_FILE = "pretrain.json"  # what copy pretraining did (models/pretrain.py), in the model folder
 
 # A compact Qwen3-style template (HF renders with trim_blocks, hence {{ '\\n' }} after tags): tools listed in the system turn, assistant tool calls as
 # <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results in a user turn inside <tool_response>.

@@ -9,10 +9,11 @@ from collections.abc import Collection, Mapping
 from statistics import fmean
 from typing import Any
 
-from orchestra_rl.types import Trajectory
+from orchestra_rl.types import UNKNOWN_TOOL, Trajectory
 
 # Tool kinds whose arguments must carry the task's own inputs: a python call's code, a search's query.
 COPYING_KINDS = ("python", "search")
+NO_CALL = "no_call"  # first_calls' name for a trajectory that called no tool
 _NUMBER = re.compile(r"\d[\d,]*\d|\d")  # thousands separators allowed, as passages may write them
 # A name: capitalised words in a row ("Fonbrouk Holdings"); a single capitalised word opening the question is the
 # question word ("What", "In"), not a name.
@@ -38,6 +39,18 @@ def trajectory_stats(trajectories: list[Trajectory], tool_names: Collection[str]
         "failed": sum(t.stop_reason == "error" for t in trajectories),  # see Trajectory.error
         "stop_reasons": dict(Counter(t.stop_reason for t in trajectories)),
     }
+
+
+def first_calls(trajectories: list[Trajectory], tool_names: Collection[str] | None = None) -> dict[str, dict[str, float]]:
+    """The routing decision per family: {family: {tool: share of its trajectories whose first call went there}};
+    a trajectory that called nothing counts under NO_CALL, a name outside `tool_names` under UNKNOWN_TOOL."""
+    firsts: dict[str, Counter] = {}
+    for t in trajectories:
+        name = t.tool_calls[0].name if t.tool_calls else NO_CALL
+        if name != NO_CALL and tool_names is not None and name not in tool_names:
+            name = UNKNOWN_TOOL
+        firsts.setdefault(t.family, Counter())[name] += 1
+    return {family: {name: n / sum(c.values()) for name, n in sorted(c.items())} for family, c in sorted(firsts.items())}
 
 
 def copying_tools(tools: Mapping[str, Any]) -> dict[str, str]:

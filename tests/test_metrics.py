@@ -5,9 +5,9 @@ from rich.console import Console
 
 from orchestra_rl.config import load_config
 from orchestra_rl.eval.report import print_summary, summarize
-from orchestra_rl.metrics import argument_fidelity, copying_tools, faithful_call, names_in
+from orchestra_rl.metrics import NO_CALL, argument_fidelity, copying_tools, faithful_call, first_calls, names_in
 from orchestra_rl.reward.actor import batch_metrics
-from orchestra_rl.types import Task, ToolCallRecord, ToolResult, Trajectory, Turn
+from orchestra_rl.types import UNKNOWN_TOOL, Task, ToolCallRecord, ToolResult, Trajectory, Turn
 
 ARITHMETIC = "What is 6273 * 76 + 215?"
 LOOKUP = "In what year was Fonbrouk Holdings founded?"
@@ -76,3 +76,23 @@ def test_fidelity_is_the_share_of_python_and_search_calls_and_eval_and_training_
     assert metrics["rollout/argument_fidelity"] == pytest.approx(3 / 4)
     assert "rollout/argument_fidelity" not in batch_metrics(trajectories[2:], list(cfg.tools.tools), questions,
                                                             copying)
+
+
+def test_routing_per_family_is_the_share_of_first_calls_and_training_logs_it():
+    tools = ["python", "search", "large_generalist"]
+    trajectories = [
+        trajectory("a1", "arithmetic", [("python", {"code": "print(1)"}, "1"), ("search", {"query": "x"}, "")]),
+        trajectory("a2", "arithmetic", [("large_generalist", {"question": "x"}, "1")]),
+        trajectory("a3", "arithmetic", [("python", {"code": "print(2)"}, "2")]),
+        trajectory("l1", "lookup", [("serach", {"query": "x"}, "")]),  # a made-up name
+        trajectory("l2", "lookup", []),
+    ]
+    assert first_calls(trajectories, tools) == {
+        "arithmetic": {"large_generalist": pytest.approx(1 / 3), "python": pytest.approx(2 / 3)},
+        "lookup": {NO_CALL: 0.5, UNKNOWN_TOOL: 0.5}}
+    for t in trajectories:
+        t.reward = 1.0
+    metrics = batch_metrics(trajectories, tools)
+    assert metrics["route/arithmetic/python"] == pytest.approx(2 / 3)
+    assert metrics["route/lookup/no_call"] == 0.5
+    assert "route/arithmetic/search" not in metrics  # a second call is not the routing decision

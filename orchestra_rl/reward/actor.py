@@ -13,7 +13,7 @@ from statistics import fmean
 import ray
 
 from orchestra_rl.config import Config, RewardConfig, ToolConfig
-from orchestra_rl.metrics import argument_fidelity, copying_tools, trajectory_stats
+from orchestra_rl.metrics import argument_fidelity, copying_tools, first_calls, trajectory_stats
 from orchestra_rl.reward.mix import mix_group
 from orchestra_rl.reward.outcome import judge, outcome_score
 from orchestra_rl.tools import llm
@@ -87,7 +87,8 @@ def summary(scored: list[Trajectory]) -> dict[str, float]:
 def batch_metrics(scored: list[Trajectory], tool_names: list[str], questions: dict[str, str] | None = None,
                   copying: dict[str, str] | None = None) -> dict[str, float]:
     """What a training step logs of its batch: the trajectory statistics, the reward and its components, the
-    tool mix (calls per trajectory), and the argument fidelity of the `copying` tools' calls when there were any."""
+    tool mix (calls per trajectory), the routing per family (route/FAMILY/TOOL: the share of first calls), and
+    the argument fidelity of the `copying` tools' calls when there were any."""
     stats = trajectory_stats(scored, tool_names)
     metrics = {"rollout/reward": fmean(t.reward for t in scored)}
     fidelity = argument_fidelity(scored, questions or {}, copying or {})
@@ -95,6 +96,8 @@ def batch_metrics(scored: list[Trajectory], tool_names: list[str], questions: di
         metrics["rollout/argument_fidelity"] = fidelity
     metrics |= {f"rollout/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
     metrics |= {f"reward/{k}": v for k, v in summary(scored).items()}
+    metrics |= {f"route/{family}/{name}": share for family, shares in first_calls(scored, tool_names).items()
+                for name, share in shares.items()}
     return metrics | {f"tools/{name}": v for name, v in stats["tool_calls_per_trajectory"].items()}
 
 

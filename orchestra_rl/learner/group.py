@@ -3,6 +3,8 @@ as one learner: each call goes to every rank at once, the batch split between th
 
 from __future__ import annotations
 
+import logging
+
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -13,6 +15,7 @@ from orchestra_rl.learner.worker import LearnerWorker
 from orchestra_rl.types import TrainSample
 
 PLACEMENT_TIMEOUT_S = 300
+log = logging.getLogger(__name__)
 
 
 def gather(refs: list) -> list:
@@ -121,8 +124,8 @@ class LearnerGroup:
         if workers:
             try:
                 ray.get([w.shutdown.remote() for w in workers], timeout=30)
-            except (ray.exceptions.RayError, TimeoutError):
-                pass  # a dead rank, or one stuck in a collective with it: killed regardless
+            except (ray.exceptions.RayError, TimeoutError) as e:  # a dead rank, or one stuck in a collective with it
+                log.warning("learner group did not shut down cleanly (%s: %s); killing its ranks", type(e).__name__, e)
             for w in workers:
                 ray.kill(w)
         placement, self.placement = getattr(self, "placement", None), None

@@ -108,6 +108,13 @@ def test_async_grpo_train_writes_loadable_checkpoints_and_a_killed_driver_resume
     assert max(s["samples/staleness_max"] for s in logged) == 1
     # The SFT policy calls tools: the batch metrics see them (not only parse errors).
     assert sum(v for s in logged for k, v in s.items() if k.startswith("tools/")) > 0
+    for s in logged:  # the routing per family: the shares of each family's first calls add up to 1
+        routed: dict[str, float] = {}
+        for k, v in s.items():
+            if k.startswith("route/"):
+                family = k.split("/")[1]
+                routed[family] = routed.get(family, 0.0) + v
+        assert routed and all(v == pytest.approx(1.0) for v in routed.values()), routed
     assert list((run_dir / "wandb").glob("offline-run-*"))
 
     # A fresh run in the same folder starts its own log and checkpoints (a later resume must not find step 3).

@@ -41,16 +41,25 @@ def trajectory_stats(trajectories: list[Trajectory], tool_names: Collection[str]
     }
 
 
-def first_calls(trajectories: list[Trajectory], tool_names: Collection[str] | None = None) -> dict[str, dict[str, float]]:
-    """The routing decision per family: {family: {tool: share of its trajectories whose first call went there}};
-    a trajectory that called nothing counts under NO_CALL, a name outside `tool_names` under UNKNOWN_TOOL."""
-    firsts: dict[str, Counter] = {}
+def first_calls(trajectories: list[Trajectory],
+                tool_names: Collection[str] | None = None) -> dict[str, dict[str, dict[str, float | None]]]:
+    """The routing decision per family and what it earned: {family: {tool: {"share": of the family's trajectories
+    whose first call went to tool, "outcome": their mean outcome (None before scoring)}}}. A trajectory that
+    called nothing counts under NO_CALL, a name outside `tool_names` under UNKNOWN_TOOL."""
+    routed: dict[str, dict[str, list[Trajectory]]] = {}
     for t in trajectories:
         name = t.tool_calls[0].name if t.tool_calls else NO_CALL
         if name != NO_CALL and tool_names is not None and name not in tool_names:
             name = UNKNOWN_TOOL
-        firsts.setdefault(t.family, Counter())[name] += 1
-    return {family: {name: n / sum(c.values()) for name, n in sorted(c.items())} for family, c in sorted(firsts.items())}
+        routed.setdefault(t.family, {}).setdefault(name, []).append(t)
+    stats = {}
+    for family, by_tool in sorted(routed.items()):
+        n = sum(len(group) for group in by_tool.values())
+        stats[family] = {}
+        for name, group in sorted(by_tool.items()):
+            outcomes = [t.reward_components["outcome"] for t in group if "outcome" in t.reward_components]
+            stats[family][name] = {"share": len(group) / n, "outcome": fmean(outcomes) if outcomes else None}
+    return stats
 
 
 def copying_tools(tools: Mapping[str, Any]) -> dict[str, str]:

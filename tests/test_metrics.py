@@ -78,7 +78,7 @@ def test_fidelity_is_the_share_of_python_and_search_calls_and_eval_and_training_
                                                             copying)
 
 
-def test_routing_per_family_is_the_share_of_first_calls_and_training_logs_it():
+def test_routing_per_family_is_the_share_of_first_calls_with_their_outcome_and_training_logs_it():
     tools = ["python", "search", "large_generalist"]
     trajectories = [
         trajectory("a1", "arithmetic", [("python", {"code": "print(1)"}, "1"), ("search", {"query": "x"}, "")]),
@@ -87,12 +87,15 @@ def test_routing_per_family_is_the_share_of_first_calls_and_training_logs_it():
         trajectory("l1", "lookup", [("serach", {"query": "x"}, "")]),  # a made-up name
         trajectory("l2", "lookup", []),
     ]
-    assert first_calls(trajectories, tools) == {
+    routes = first_calls(trajectories, tools)
+    assert {f: {t: r["share"] for t, r in by_tool.items()} for f, by_tool in routes.items()} == {
         "arithmetic": {"large_generalist": pytest.approx(1 / 3), "python": pytest.approx(2 / 3)},
         "lookup": {NO_CALL: 0.5, UNKNOWN_TOOL: 0.5}}
-    for t in trajectories:
-        t.reward = 1.0
+    assert routes["arithmetic"]["python"]["outcome"] is None  # not scored yet
+    for t, outcome in zip(trajectories, [1.0, 0.0, 0.0, 0.0, 1.0]):
+        t.reward, t.reward_components = outcome, {"outcome": outcome}
     metrics = batch_metrics(trajectories, tools)
     assert metrics["route/arithmetic/python"] == pytest.approx(2 / 3)
-    assert metrics["route/lookup/no_call"] == 0.5
+    assert metrics["route_outcome/arithmetic/python"] == 0.5 and metrics["route_outcome/arithmetic/large_generalist"] == 0
+    assert metrics["route/lookup/no_call"] == 0.5 and metrics["route_outcome/lookup/no_call"] == 1.0
     assert "route/arithmetic/search" not in metrics  # a second call is not the routing decision

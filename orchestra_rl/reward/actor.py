@@ -87,7 +87,8 @@ def summary(scored: list[Trajectory]) -> dict[str, float]:
 def batch_metrics(scored: list[Trajectory], tool_names: list[str], questions: dict[str, str] | None = None,
                   copying: dict[str, str] | None = None) -> dict[str, float]:
     """What a training step logs of its batch: the trajectory statistics, the reward and its components, the
-    tool mix (calls per trajectory), the routing per family (route/FAMILY/TOOL: the share of first calls), and
+    tool mix (calls per trajectory), the routing per family (route/FAMILY/TOOL: the share of first calls; route_outcome/FAMILY/TOOL: their mean
+    outcome, what each route earns the policy as it is), and
     the argument fidelity of the `copying` tools' calls when there were any."""
     stats = trajectory_stats(scored, tool_names)
     metrics = {"rollout/reward": fmean(t.reward for t in scored)}
@@ -96,8 +97,11 @@ def batch_metrics(scored: list[Trajectory], tool_names: list[str], questions: di
         metrics["rollout/argument_fidelity"] = fidelity
     metrics |= {f"rollout/{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
     metrics |= {f"reward/{k}": v for k, v in summary(scored).items()}
-    metrics |= {f"route/{family}/{name}": share for family, shares in first_calls(scored, tool_names).items()
-                for name, share in shares.items()}
+    for family, routes in first_calls(scored, tool_names).items():
+        for name, route in routes.items():
+            metrics[f"route/{family}/{name}"] = route["share"]
+            if route["outcome"] is not None:
+                metrics[f"route_outcome/{family}/{name}"] = route["outcome"]
     return metrics | {f"tools/{name}": v for name, v in stats["tool_calls_per_trajectory"].items()}
 
 

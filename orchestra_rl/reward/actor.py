@@ -87,9 +87,9 @@ def summary(scored: list[Trajectory]) -> dict[str, float]:
 def batch_metrics(scored: list[Trajectory], tool_names: list[str], questions: dict[str, str] | None = None,
                   copying: dict[str, str] | None = None) -> dict[str, float]:
     """What a training step logs of its batch: the trajectory statistics, the reward and its components, the
-    tool mix (calls per trajectory), the routing per family (route/FAMILY/TOOL: the share of first calls; route_outcome/FAMILY/TOOL: their mean
-    outcome, what each route earns the policy as it is), and
-    the argument fidelity of the `copying` tools' calls when there were any."""
+    tool mix (calls per trajectory), the routing per family (route/FAMILY/TOOL: the share of first calls;
+    route_outcome/FAMILY/TOOL: their mean outcome, what each route earns the policy as it is), and the argument
+    fidelity of the `copying` tools' calls when there were any."""
     stats = trajectory_stats(scored, tool_names)
     metrics = {"rollout/reward": fmean(t.reward for t in scored)}
     fidelity = argument_fidelity(scored, questions or {}, copying or {})

@@ -96,6 +96,7 @@ def test_routing_per_family_is_the_share_of_first_calls_with_their_outcome_and_t
         t.reward, t.reward_components = outcome, {"outcome": outcome}
     metrics = batch_metrics(trajectories, tools)
     assert metrics["route/arithmetic/python"] == pytest.approx(2 / 3)
-    assert metrics["route_outcome/arithmetic/python"] == 0.5 and metrics["route_outcome/arithmetic/large_generalist"] == 0
+    assert metrics["route_outcome/arithmetic/python"] == 0.5
+    assert metrics["route_outcome/arithmetic/large_generalist"] == 0.0
     assert metrics["route/lookup/no_call"] == 0.5 and metrics["route_outcome/lookup/no_call"] == 1.0
     assert "route/arithmetic/search" not in metrics  # a second call is not the routing decision

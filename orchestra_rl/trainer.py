@@ -39,7 +39,8 @@ from orchestra_rl.types import Trajectory
 def scored_eval(system: System, cfg: Config, desc: str) -> tuple[dict[str, Any], list[Trajectory]]:
     """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size):
     (summary, scored trajectories)."""
-    summary, trajectories = evaluate(system, cfg.eval.split, cfg.train.eval_max_tasks, cfg.rollout.group_size, desc)
+    tasks = select_tasks(system, cfg.eval.split, cfg.train.eval_max_tasks)
+    summary, trajectories = evaluate(system, tasks, cfg.rollout.group_size, desc)
     return add_rewards(system, cfg, summary, trajectories)
 
 

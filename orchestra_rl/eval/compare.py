@@ -50,7 +50,7 @@ def run_comparison(cfg: Config) -> dict[str, Any]:
         start = time.perf_counter()
         with System(cfg, path or None) as system:
             tasks = select_tasks(system, e.split, e.max_tasks, families)
-            summary, trajectories = evaluate(system, e.split, e.max_tasks, e.group_size, desc=name, tasks=tasks)
+            summary, trajectories = evaluate(system, tasks, e.group_size, desc=name)
             record(name, "policy", system.model_path, tasks, trajectories, summary, time.perf_counter() - start)
     if baselines:
         with System(cfg, rollout=False) as system:

@@ -27,11 +27,10 @@ def select_tasks(system: System, split: str, max_tasks: int, families: Collectio
     return interleave_families(tasks)[:max_tasks] if max_tasks else tasks
 
 
-def evaluate(system: System, split: str, max_tasks: int, group_size: int, desc: str = "eval",
-             tasks: list[Task] | None = None) -> tuple[dict[str, Any], list[Trajectory]]:
-    """Roll out `tasks` (default: select_tasks of the split), `group_size` trials each, with the system's current
-    policy; returns (summary, trajectories)."""
-    tasks = tasks if tasks is not None else select_tasks(system, split, max_tasks)
+def evaluate(system: System, tasks: list[Task], group_size: int,
+             desc: str = "eval") -> tuple[dict[str, Any], list[Trajectory]]:
+    """Roll out `tasks` (select_tasks picks them from a split), `group_size` trials each, with the system's
+    current policy; returns (summary, trajectories)."""
     by_id = {t.task_id: t for t in tasks}
     correct = 0
     with tqdm(total=len(tasks) * group_size, desc=desc, unit="traj", dynamic_ncols=True) as bar:
@@ -63,8 +62,7 @@ def run_eval(cfg: Config) -> dict[str, Any]:
     start = time.perf_counter()
     with System(cfg) as system:
         tasks = select_tasks(system, cfg.eval.split, cfg.eval.max_tasks)
-        summary, trajectories = evaluate(system, cfg.eval.split, cfg.eval.max_tasks, cfg.eval.group_size,
-                                         tasks=tasks)
+        summary, trajectories = evaluate(system, tasks, cfg.eval.group_size)
         model_path = system.model_path
     wall = time.perf_counter() - start
     out_dir = Path(cfg.eval.output_dir) / time.strftime("%Y%m%d-%H%M%S")

@@ -73,6 +73,10 @@ class Environment(abc.ABC):
     async def reset(self, task: Task, group_index: int) -> Episode:
         """A fresh episode of `task`: every rollout of a group gets its own."""
 
+    async def close(self) -> None:
+        """Release what the environment holds across episodes (a judge's HTTP client); called once, by the
+        owner of the event loop that ran the episodes, when no episode is left."""
+
 
 # Shared by the worlds that bring their own tools and policy (a domain folder, a τ²-Bench domain).
 

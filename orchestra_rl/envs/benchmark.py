@@ -44,6 +44,11 @@ class BenchmarkEnvironment(QAEnvironment):
     async def reset(self, task: Task, group_index: int) -> BenchmarkEpisode:
         return BenchmarkEpisode(self, task)
 
+    async def close(self) -> None:
+        if self._judge is not None:
+            judge, self._judge = self._judge, None  # a later episode would get a fresh client
+            await judge.close()
+
 
 def rule_score(answer: str | None, task: Task) -> float:
     if answer is None:

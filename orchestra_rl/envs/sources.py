@@ -11,6 +11,7 @@ world alone, as before environments existed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 from pathlib import Path
@@ -114,6 +115,9 @@ class EnvironmentMix(Environment):
             raise ValueError(f"task {task.task_id}: no environment {task.env!r} is configured "
                              f"(env: {', '.join(self.environments)})")
         return await env.reset(task, group_index)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(env.close() for env in self.environments.values()))
 
 
 def make_environment(cfg: Config, call_tool: CallTool, tool_schemas: list[dict]) -> Environment:

@@ -77,8 +77,11 @@ class RolloutWorker:
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         return await self.engine.prompt_logprobs(token_ids)
 
-    def shutdown(self) -> None:
-        self.engine.shutdown()
+    async def shutdown(self) -> None:
+        try:
+            await self.loop.env.close()  # on this actor's event loop, the one its episodes ran on
+        finally:
+            self.engine.shutdown()
 
 
 def make_rollout_worker(cfg: Config, model_path: str, executors: list,

@@ -40,7 +40,8 @@ def judge_responder(body: dict) -> str:
     return f"extracted_final_answer: {response}\nreasoning: compared\ncorrect: {'yes' if ok else 'no'}"
 
 
-def grade_answers(tmp_path, stub, tiny_model_path, answers: dict[str, str]) -> dict[str, tuple]:
+def hle_environment(tmp_path, stub, tiny_model_path):
+    """The three-row HLE source judged by `stub`, and a coroutine that answers one task through the agent loop."""
     data = tmp_path / "hle.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = load_config(["env=[hle]", f"env.hle.data_files.test={data}", "env.hle.judge.model=judge",
@@ -57,8 +58,17 @@ def grade_answers(tmp_path, stub, tiny_model_path, answers: dict[str, str]) -> d
                          RolloutConfig(max_turns=2, max_tokens_per_turn=10**5, max_total_tokens=10**6), Pricing(0, 0))
         return await loop.run(tasks[task_id], 0)
 
+    return env, run
+
+
+def grade_answers(tmp_path, stub, tiny_model_path, answers: dict[str, str]) -> dict[str, tuple]:
+    env, run = hle_environment(tmp_path, stub, tiny_model_path)
+
     async def all_runs():
-        return await asyncio.gather(*(run(task_id, text) for task_id, text in answers.items()))
+        try:
+            return await asyncio.gather(*(run(task_id, text) for task_id, text in answers.items()))
+        finally:
+            await env.close()
 
     trajectories = asyncio.run(all_runs())
     return {t.task_id: (t.final_answer, t.env_outcome, t.env_info) for t in trajectories}
@@ -97,3 +107,21 @@ def test_a_judge_that_fails_or_says_no_verdict_leaves_the_rule_grade(openai_stub
     assert graded["hle/n"][1] == 1.0  # the rules need no judge
     _, outcome, info = graded["hle/w"]
     assert outcome == 0.0 and "500" in info["judge"]["error"] and info["judge"]["cost_usd"] == 0.0
+
+
+def test_closing_the_environment_closes_the_judges_client(openai_stub_server, tmp_path, tiny_model_path):
+    openai_stub_server.responder = judge_responder
+    env, run = hle_environment(tmp_path, openai_stub_server, tiny_model_path)
+
+    async def episode_then_close():
+        first = await run("hle/w", "Austen")
+        judge = env.environments["hle"].judge
+        await env.close()
+        closed = judge.client.is_closed()
+        second = await run("hle/w", "Austen")  # after close, a later episode gets a fresh client
+        await env.close()
+        return first, closed, second
+
+    first, closed, second = asyncio.run(episode_then_close())
+    assert closed
+    assert first.env_outcome == second.env_outcome == 1.0 and openai_stub_server.calls == 2

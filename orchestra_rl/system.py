@@ -79,7 +79,7 @@ class System:
         if not ray.is_initialized():
             raise RuntimeError("System needs a running Ray: build it inside `with ray_session(cfg):`")
         self.cfg = cfg
-        self.model_path = model_path or resolve_model_path(cfg.model)
+        self.model_path = model_path or resolve_model_path(cfg)
         self._stop = contextlib.ExitStack()
         self.rollout: RolloutManager | None = None
         self.learners: LearnerGroup | None = None

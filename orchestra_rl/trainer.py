@@ -93,7 +93,7 @@ def warm_start(cfg: Config, run_dir: Path) -> tuple[str, dict[str, Any] | None]:
         from orchestra_rl.sft.train import run_sft
 
         return run_sft(cfg), None
-    return resolve_model_path(cfg.model), None
+    return resolve_model_path(cfg), None
 
 
 def clear_previous_run(run_dir: Path) -> None:

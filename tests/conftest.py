@@ -156,7 +156,7 @@ def make_config(cache_dir: str):
 def tiny_model_path(make_config) -> str:
     from orchestra_rl.models.tiny import resolve_model_path
 
-    return resolve_model_path(make_config().model)
+    return resolve_model_path(make_config())
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +165,7 @@ def random_model_path(make_config) -> str:
     to its max_tokens (tests of the engine's mechanics count on that)."""
     from orchestra_rl.models.tiny import resolve_model_path
 
-    return resolve_model_path(make_config("model.pretrain_steps=0").model)
+    return resolve_model_path(make_config("model.pretrain_steps=0"))
 
 
 # Enough for the policy to make calls when sampling at temperature 1 (64 demos x 6 epochs of 8 left it writing

@@ -138,7 +138,7 @@ def run_step_bench(cfg: Config) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     b = cfg.bench
-    model_path = resolve_model_path(cfg.model)
+    model_path = resolve_model_path(cfg)
     prompts = prompts_of(cfg, AutoTokenizer.from_pretrained(model_path), b.step_prompts)
     results = {"orchestra_rl": run_ours(cfg, prompts), "trl": run_trl(cfg, model_path, prompts)}
     ratio = results["orchestra_rl"]["step_s"] / results["trl"]["step_s"]

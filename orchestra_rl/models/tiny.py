@@ -14,8 +14,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from orchestra_rl.config import ModelConfig
-from orchestra_rl.models.pretrain import DRILLS_VERSION, pretrain_copying
+from orchestra_rl.config import Config, ModelConfig
+from orchestra_rl.models.pretrain import DRILLS_VERSION, ChatContext, pretrain_copying
+from orchestra_rl.tools.registry import config_schemas
 
 # Added tokens as in Qwen3: the chat markers are special (dropped when decoding with skip_special_tokens); the
 # tool-call markers are plain added tokens, so they survive detokenisation and </tool_call> is one stop token.
@@ -127,24 +128,30 @@ def _train_tokenizer(vocab_size: int, word_tokens: list[str]):
     return fast
 
 
-def tiny_model_dir(cfg: ModelConfig) -> Path:
-    """Where the tiny model for this architecture config lives (content-addressed by the config)."""
+def chat_context(cfg: Config) -> ChatContext:
+    """The system turn the configured policy's prompts open with, which copy pretraining reads its drills after."""
+    return ChatContext(cfg.rollout.system_prompt, tuple(config_schemas(cfg.tools)))
+
+
+def tiny_model_dir(cfg: ModelConfig, context: ChatContext = ChatContext()) -> Path:
+    """Where the tiny model for this architecture config and pretraining context lives (content-addressed)."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings", "seed", "word_tokens", "pretrain_steps",
             "pretrain_batch_size", "pretrain_lr", "pretrain_reading_share")
     spec = {k: asdict(cfg)[k] for k in keys} | {"template": CHAT_TEMPLATE, "lines": _TRAINING_LINES,
                                                  "pre_tokenizer": repr(pre_tokenizer()),
-                                                 "drills": DRILLS_VERSION if cfg.pretrain_steps else 0}
+                                                 "drills": DRILLS_VERSION if cfg.pretrain_steps else 0,
+                                                 "context": asdict(context) if cfg.pretrain_steps else None}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(os.path.expanduser(cfg.cache_dir)) / f"tiny-qwen3-{digest}"
 
 
-def build_tiny_model(cfg: ModelConfig) -> Path:
-    """Build (once) and return the tiny model's HF directory."""
+def build_tiny_model(cfg: ModelConfig, context: ChatContext = ChatContext()) -> Path:
+    """Build (once) and return the tiny model's HF directory; copy pretraining reads its drills after `context`."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    out = tiny_model_dir(cfg)
+    out = tiny_model_dir(cfg, context)
     if (out / "model.safetensors").exists():
         return out
     tokenizer = _train_tokenizer(cfg.vocab_size, list(cfg.word_tokens))
@@ -169,7 +176,7 @@ def build_tiny_model(cfg: ModelConfig) -> Path:
     if cfg.pretrain_steps > 0:
         pretrained = pretrain_copying(model, tokenizer, list(cfg.word_tokens), cfg.pretrain_steps,
                                       cfg.pretrain_batch_size, cfg.pretrain_lr, cfg.seed,
-                                      reading_share=cfg.pretrain_reading_share)
+                                      reading_share=cfg.pretrain_reading_share, context=context)
         print(f"copy pretraining: {cfg.pretrain_steps} steps in {pretrained['seconds']:.0f} s, loss "
               f"{pretrained['loss_first']:.2f} -> {pretrained['loss_last']:.2f}, held-out calls written exactly "
               f"{pretrained['copy_accuracy']:.2f}"
@@ -189,11 +196,12 @@ def build_tiny_model(cfg: ModelConfig) -> Path:
     return out
 
 
-def resolve_model_path(cfg: ModelConfig) -> str:
-    """The HF directory of the configured policy: `path` if set, else the (built-once) tiny model."""
-    if cfg.path:
-        path = Path(os.path.expanduser(cfg.path))
+def resolve_model_path(cfg: Config) -> str:
+    """The HF directory of the configured policy: model.path if set, else the (built-once) tiny model, pretrained
+    in the configured prompts' system turn."""
+    if cfg.model.path:
+        path = Path(os.path.expanduser(cfg.model.path))
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model.path={cfg.path}: no HF model directory there (config.json missing)")
+            raise FileNotFoundError(f"model.path={cfg.model.path}: no HF model directory there (config.json missing)")
         return str(path)
-    return str(build_tiny_model(cfg))
+    return str(build_tiny_model(cfg.model, chat_context(cfg)))

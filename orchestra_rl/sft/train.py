@@ -44,7 +44,7 @@ def run_sft(cfg: Config) -> str:
     """Demonstrations, then supervised fine-tuning; returns the HF checkpoint directory. Needs a running Ray."""
     out_dir = Path(cfg.sft.output_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model_path(cfg.model)
+    model_path = resolve_model_path(cfg)
     start = time.perf_counter()
     demos: list = []
     with tools_system(cfg, model_path) as system:

@@ -26,5 +26,8 @@ class AnswerTool(Tool):
         return ToolResult(text=arguments["answer"], cost_usd=self.pricing.per_call)
 
 
+TOOL_CLASS = AnswerTool  # its parameters and default description, known without building a tool
+
+
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> AnswerTool:
     return AnswerTool(name, cfg.description, Pricing(per_call=cfg.price_per_call))

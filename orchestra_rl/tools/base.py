@@ -30,10 +30,16 @@ class Pricing:
         return (tokens_in * self.input_per_mtok + tokens_out * self.output_per_mtok) / 1e6 + self.per_call
 
 
+def function_schema(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI function-calling schema."""
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
 class Tool(abc.ABC):
     """Base of every tool. Subclasses set `parameters` (JSON schema) and implement `run`."""
 
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    default_description = ""  # shown when the config gives none
 
     def __init__(self, name: str, description: str, pricing: Pricing = Pricing(), entry: str = ""):
         self.name = name
@@ -45,10 +51,7 @@ class Tool(abc.ABC):
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-calling schema shown to the orchestrator."""
-        return {
-            "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
-        }
+        return function_schema(self.name, self.description, self.parameters)
 
     def argument_error(self, arguments: Any) -> str | None:
         """A message the policy can learn from when `arguments` do not fit the schema, else None."""

@@ -173,6 +173,9 @@ class LLMTool(Tool):
         await self.client.close()
 
 
+TOOL_CLASS = LLMTool  # its parameters and default description, known without building a tool
+
+
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> LLMTool:
     """`cfg` is validated (model, base_url and prices are set); what is checked here is the running system: that
     the simulated experts are up when base_url is "experts", and that the key's environment variable is set."""

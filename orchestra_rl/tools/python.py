@@ -67,6 +67,9 @@ class PythonTool(Tool):
         return text, error
 
 
+TOOL_CLASS = PythonTool  # its parameters and default description, known without building a tool
+
+
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> PythonTool:
     mode = check_sandbox(cfg.sandbox)  # fail at start, with the fix named, rather than on the first call
     logger.info("python tool %s: sandbox mode %s", name, mode)

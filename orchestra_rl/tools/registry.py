@@ -2,7 +2,8 @@
 
 Each kind's module exposes `from_config(name, ToolConfig, ToolContext) -> Tool`: one entry, one tool of that name.
 A kind whose one entry contributes several tools (mcp: every tool of a server) exposes instead
-`tools_from_config(name, ToolConfig, ToolContext) -> dict[str, Tool]`, by the names the policy sees. Modules are
+`tools_from_config(name, ToolConfig, ToolContext) -> dict[str, Tool]`, by the names the policy sees; a kind whose
+tools take fixed parameters exposes its class as TOOL_CLASS, so its schema is known from the config. Modules are
 imported only for the kinds a config uses, so, say, a config without the python tool needs no sandbox installed.
 """
 
@@ -14,7 +15,7 @@ import importlib
 from typing import Any
 
 from orchestra_rl.config import TOOL_KINDS, ConfigError, ToolConfig, ToolsConfig
-from orchestra_rl.tools.base import Tool, ToolContext
+from orchestra_rl.tools.base import Tool, ToolContext, function_schema
 
 KIND_MODULES = {kind: f"orchestra_rl.tools.{kind}" for kind in TOOL_KINDS}
 
@@ -63,3 +64,17 @@ def close_now(tools: list[Tool]) -> None:
 def tool_schemas(tools: dict[str, Tool]) -> list[dict[str, Any]]:
     """The OpenAI function schemas of `tools`, in config order (the order the orchestrator's prompt lists them)."""
     return [tool.schema() for tool in tools.values()]
+
+
+def config_schemas(tools_cfg: ToolsConfig) -> list[dict[str, Any]]:
+    """The schemas the enabled entries' tools will show, from the config alone (no sandbox, index, client or server
+    started), in config order; entries whose tools only a server can list (mcp) are left out."""
+    schemas = []
+    for name, cfg in tools_cfg.tools.items():
+        if not cfg.enabled:
+            continue
+        tool_class = getattr(importlib.import_module(KIND_MODULES[cfg.kind]), "TOOL_CLASS", None)
+        if tool_class is not None:
+            schemas.append(function_schema(name, cfg.description or tool_class.default_description,
+                                           tool_class.parameters))
+    return schemas

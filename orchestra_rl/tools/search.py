@@ -39,6 +39,7 @@ def _format(passages: list[tuple[str, str]]) -> str:
 
 
 class SearchTool(Tool):
+    default_description = "Search for documents."
     parameters = {
         "type": "object",
         "properties": {"query": {"type": "string", "minLength": 1, "description": "what to search for"}},
@@ -47,7 +48,7 @@ class SearchTool(Tool):
     }
 
     def __init__(self, name: str, cfg: ToolConfig, world_dir: str | Path = ""):
-        super().__init__(name, cfg.description or "Search for documents.", Pricing(per_call=cfg.price_per_call))
+        super().__init__(name, cfg.description or self.default_description, Pricing(per_call=cfg.price_per_call))
         self.cfg = cfg
         if cfg.backend == "bm25":
             corpus_path = Path(world_dir) / "corpus.jsonl"
@@ -96,6 +97,9 @@ class SearchTool(Tool):
             error = f"web search {failed}"
             return f"Error: {error}", error
         return _format([(r.get("title", ""), r.get("content", "")) for r in response.get("results", [])]), None
+
+
+TOOL_CLASS = SearchTool  # its parameters and default description, known without building a tool
 
 
 def from_config(name: str, cfg: ToolConfig, ctx: ToolContext) -> SearchTool:

@@ -9,6 +9,7 @@ from orchestra_rl.eval.baselines import run_baseline
 from orchestra_rl.eval.run import select_tasks
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.system import System
+from orchestra_rl.tools.registry import config_schemas
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,7 @@ def test_unseen_tools_are_what_the_policy_is_shown_and_what_the_baselines_call(m
     with System(cfg, rollout=False) as system:
         names = [s["function"]["name"] for s in system.tool_schemas]
         assert names == list(cfg.tools.tools)
+        assert config_schemas(cfg.tools) == system.tool_schemas  # known from the config alone, as the tools show them
         chat = ChatFormat(system.tokenizer, cfg.rollout.system_prompt, system.tool_schemas)
         prompt = system.tokenizer.decode(chat.prompt_ids("What is 2 + 3?"))
         assert all(name in prompt for name in names)

@@ -10,9 +10,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from orchestra_rl.metrics import faithful_call
 from orchestra_rl.config import DataConfig
 from orchestra_rl.data.world import build_world, load_world
-from orchestra_rl.models.pretrain import (DRILL_ARGUMENT, DrillMaker, ReadingDrillMaker, copy_accuracy,
-                                          encode_drill, held_out_drills)
-from orchestra_rl.models.tiny import PRETRAIN_FILE, build_tiny_model, tiny_model_dir
+from orchestra_rl.models.pretrain import (DRILL_ARGUMENT, DrillMaker, ReadingDrillMaker, _batch, _logits,
+                                          context_ids, copy_accuracy, encode_drill, held_out_drills)
+from orchestra_rl.models.tiny import PRETRAIN_FILE, build_tiny_model, chat_context, tiny_model_dir
+from orchestra_rl.rollout.chat import ChatFormat
+from orchestra_rl.tools.registry import config_schemas
 
 TOOLS = ["python", "search", "math_expert", "small_generalist", "large_generalist", "answer"]
 
@@ -73,10 +75,13 @@ def test_reading_drills_use_what_the_tools_said_about_worlds_of_their_own(tmp_pa
 
 
 def test_a_pretrained_build_is_its_own_model_folder_trained_on_drills(make_config):
-    cfg = make_config("model.pretrain_steps=30", "model.pretrain_lr=3e-3", "model.pretrain_reading_share=0.3").model
-    plain = make_config("model.pretrain_steps=0").model
-    assert tiny_model_dir(cfg) != tiny_model_dir(plain) != tiny_model_dir(make_config().model)
-    path = build_tiny_model(cfg)
+    full = make_config("model.pretrain_steps=30", "model.pretrain_lr=3e-3", "model.pretrain_reading_share=0.3")
+    cfg, context, plain = full.model, chat_context(full), make_config("model.pretrain_steps=0").model
+    assert tiny_model_dir(cfg, context) != tiny_model_dir(plain) != tiny_model_dir(make_config().model)
+    other_tools = make_config("model.pretrain_steps=30", "model.pretrain_lr=3e-3", "model.pretrain_reading_share=0.3",
+                              "tools.tools.python.enabled=false")
+    assert tiny_model_dir(cfg, chat_context(other_tools)) != tiny_model_dir(cfg, context) != tiny_model_dir(cfg)
+    path = build_tiny_model(cfg, context)
     report = json.loads((path / PRETRAIN_FILE).read_text())
     assert report["steps"] == 30 and report["held_out_drills"] == 256 and report["reading_share"] == 0.3
     assert 0 <= report["reading_accuracy"] <= 1  # on reading drills about a world never trained on
@@ -85,11 +90,33 @@ def test_a_pretrained_build_is_its_own_model_folder_trained_on_drills(make_confi
     tokenizer = AutoTokenizer.from_pretrained(path)
     untrained = AutoModelForCausalLM.from_pretrained(build_tiny_model(plain))
     assert not torch.equal(model.model.embed_tokens.weight, untrained.model.embed_tokens.weight)
-    # The recorded accuracies are the saved model's, greedily, on the held-out streams (seed + 1): distinct drills.
+    assert report["context_tokens"] == len(context_ids(tokenizer, context)) > 500  # the system turn with 6 tools
+    # The recorded accuracies are the saved model's, greedily, on the held-out streams (seed + 1) read after the
+    # system turn: distinct drills.
     held_out = held_out_drills(list(cfg.word_tokens), cfg.seed, report["held_out_drills"], reading=True)
     for kind, drills in held_out.items():
         assert len({(d.question, json.dumps(d.arguments)) for d in drills}) > 0.8 * len(drills), kind
-        assert copy_accuracy(model, tokenizer, drills) == report[f"{kind}_accuracy"]
+        assert copy_accuracy(model, tokenizer, drills, context) == report[f"{kind}_accuracy"]
+
+
+def test_drills_are_read_after_the_system_turn_an_episodes_prompt_opens_with(tiny_model_path, make_config):
+    cfg = make_config()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    prefix = context_ids(tokenizer, chat_context(cfg))
+    chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, config_schemas(cfg.tools))
+    drills = [DrillMaker(TOOLS, seed=0).drill(), ReadingDrillMaker(seed=0, worlds=1).drill()]
+    copy_drill = drills[0]
+    prompt = tokenizer.encode(copy_drill.prompt(tokenizer), add_special_tokens=False)
+    assert prefix + prompt == chat.prompt_ids(copy_drill.question)  # token for token an episode's first prompt
+    # The system turn's keys and values, computed once for the batch, give the logits of reading it whole.
+    ids, _, _ = _batch(tokenizer, drills)
+    with torch.no_grad():
+        batched = _logits(model, prefix, ids)
+        for row, drill in enumerate(drills):
+            own = encode_drill(tokenizer, drill)[0]
+            whole = model(torch.tensor([prefix + own])).logits[0, len(prefix):]
+            assert torch.allclose(batched[row, :len(own)], whole, atol=1e-4)
 
 
 def test_the_loss_falls_on_the_call_and_a_tool_name_only_where_it_was_drawn_at_random(tiny_model_path):

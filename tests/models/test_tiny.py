@@ -3,7 +3,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestra_rl.models.tiny import build_tiny_model, resolve_model_path
+from orchestra_rl.models.tiny import build_tiny_model, chat_context, resolve_model_path
 
 
 def test_tiny_model_loads_offline_with_auto_classes(tiny_model_path, make_config):
@@ -14,9 +14,10 @@ def test_tiny_model_loads_offline_with_auto_classes(tiny_model_path, make_config
     assert model.config.model_type == "qwen3" and model.config.vocab_size == len(tokenizer)
     assert tokenizer.padding_side == "left" and tokenizer.eos_token == "<|im_end|>"
     # Built once: a second call returns the same folder without rebuilding.
-    mtime = (build_tiny_model(make_config().model) / "model.safetensors").stat().st_mtime
-    assert resolve_model_path(make_config().model) == tiny_model_path
-    assert (build_tiny_model(make_config().model) / "model.safetensors").stat().st_mtime == mtime
+    cfg = make_config()
+    mtime = (build_tiny_model(cfg.model, chat_context(cfg)) / "model.safetensors").stat().st_mtime
+    assert resolve_model_path(make_config()) == tiny_model_path
+    assert (build_tiny_model(cfg.model, chat_context(cfg)) / "model.safetensors").stat().st_mtime == mtime
     with torch.no_grad():
         logits = model(torch.tensor([tokenizer.encode("What is 2+2?")])).logits
     assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()

@@ -37,11 +37,16 @@ from orchestra_rl.types import Trajectory
 
 
 def scored_eval(system: System, cfg: Config, desc: str) -> tuple[dict[str, Any], list[Trajectory]]:
-    """Evaluation on the test split, scored with the reward being optimised (groups of rollout.group_size):
+    """Evaluation on the test split, scored with the reward being optimised (a group per task):
     (summary, scored trajectories)."""
     tasks = select_tasks(system, cfg.eval.split, cfg.train.eval_max_tasks)
-    summary, trajectories = evaluate(system, tasks, cfg.rollout.group_size, desc)
+    summary, trajectories = evaluate(system, tasks, eval_trials(cfg), desc)
     return add_rewards(system, cfg, summary, trajectories)
+
+
+def eval_trials(cfg: Config) -> int:
+    """Rollouts per task of the evaluations before, during and after training (train.eval_trials)."""
+    return cfg.train.eval_trials or cfg.rollout.group_size
 
 
 def add_rewards(system: System, cfg: Config, summary: dict[str, Any],
@@ -75,11 +80,11 @@ def side_by_side(system: System, cfg: Config, policies: dict[str, list[Trajector
         qa = [t for t in scored if t.task_id in ids]
         entries[name] = with_mean_rewards(summarize(qa, tasks, system.tool_names, copying), qa)
     for name in expand_baselines(cfg, cfg.train.baselines):
-        trajectories = run_baseline(cfg, system, tasks, name, cfg.rollout.group_size)
+        trajectories = run_baseline(cfg, system, tasks, name, eval_trials(cfg))
         entries[name] = add_rewards(system, cfg, summarize(trajectories, tasks, system.tool_names, copying),
                                     trajectories)[0]
     print_side_by_side(entries, f"the policy and the baselines on {len(tasks)} QA {cfg.eval.split} tasks x "
-                                f"{cfg.rollout.group_size} (seed {cfg.seed})")
+                                f"{eval_trials(cfg)} (seed {cfg.seed})")
     return entries
 
 

@@ -325,6 +325,7 @@ class TrainConfig:
     save_every: int = 10
     eval_every: int = 0  # 0: evaluate only before and after training
     eval_max_tasks: int = 0  # 0: the whole test split (64 tasks x group_size rollouts)
+    eval_trials: int = 0  # rollouts per evaluated task (a group, for the reward); 0: rollout.group_size
     # sync: each step's rollouts start after the previous update reached the engines. async: rollouts of later
     # steps run during the update, sampled by weights at most max_staleness versions (steps) old.
     mode: str = "sync"

@@ -151,6 +151,7 @@ def validate(cfg: Config) -> Config:
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.tasks_per_step > 0, "train.tasks_per_step", "must be > 0")
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: evaluate only before and after)")
+    _check(t.eval_trials >= 0, "train.eval_trials", "must be >= 0 (0: rollout.group_size)")
     _check(t.mode in ("sync", "async"), "train.mode", f"must be sync or async, got {t.mode!r}")
     _check(t.max_staleness >= 0, "train.max_staleness", "must be >= 0 (0: on-policy, as train.mode=sync)")
     _check(t.wandb_mode in ("", "online", "offline", "disabled"), "train.wandb_mode",

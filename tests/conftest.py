@@ -171,8 +171,9 @@ def random_model_path(make_config) -> str:
 # Enough for the policy to make calls when sampling at temperature 1 (64 demos x 6 epochs of 8 left it writing
 # broken calls only; these: accuracy ~0.2 and most turns well-formed calls), ~3.5 min on 2 cores.
 SFT_EPOCHS = 8
+SFT_REPLAY_DRILLS = 16  # a few of the base's drills mixed in (sft/replay.py), so the session's SFT runs that path
 SFT_OVERRIDES = ("sft.num_demos=128", f"sft.epochs={SFT_EPOCHS}", "sft.batch_size=4", "sft.lr=3e-3",
-                 "sft.num_workers=2")
+                 "sft.num_workers=2", f"sft.replay_drills={SFT_REPLAY_DRILLS}")
 
 
 @pytest.fixture(scope="session")

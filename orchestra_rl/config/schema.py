@@ -315,6 +315,8 @@ class SFTConfig:
     lr: float = 3e-3
     batch_size: int = 4
     num_workers: int = 2
+    # Drills of the tiny base's pretraining mixed into the demonstrations (sft/replay.py), so SFT keeps its reading.
+    replay_drills: int = 0
     output_dir: str = "outputs/sft"
 
 

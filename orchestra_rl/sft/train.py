@@ -30,14 +30,16 @@ import ray
 
 from orchestra_rl.config import Config, env_sources
 from orchestra_rl.data.world import load_tasks
-from orchestra_rl.models.tiny import resolve_model_path
+from orchestra_rl.models.tiny import PRETRAIN_FILE, resolve_model_path
 from orchestra_rl.sft.demos import (demo_mix, environment_demos, generate_demos, tools_system,
                                     write_environment_demos)
+from orchestra_rl.sft.replay import drill_accuracy, replay_samples
 
 CHECKPOINT_DIR = "checkpoint"  # under sft.output_dir: the HF model directory
 DEMOS_FILE = "demos.jsonl"
 ENV_DEMOS_FILE = "env_demos.jsonl"  # the environments' golden replays (sft/demos.environment_demos)
 METRICS_FILE = "metrics.jsonl"  # one row per epoch: epoch, loss (mean over the epoch's policy tokens), ...
+DRILLS_FILE = "drills.json"  # the base's held-out drills before and after SFT (report_kept_skills)
 
 
 def run_sft(cfg: Config) -> str:
@@ -66,7 +68,27 @@ def run_sft(cfg: Config) -> str:
     samples = [(d.token_ids, d.loss_mask) for d in demos + replays * cfg.sft.env_demo_repeats]
     if not samples:
         raise ValueError("sft: no demonstrations (no QA source, and no environment golden replay scored 1.0)")
-    return train_sft(cfg, model_path, samples, out_dir)
+    if cfg.sft.replay_drills:
+        from transformers import AutoTokenizer
+
+        samples += replay_samples(cfg, AutoTokenizer.from_pretrained(model_path), cfg.sft.replay_drills)
+        print(f"sft: + {cfg.sft.replay_drills} drills of the base model's pretraining (sft.replay_drills)")
+    checkpoint = train_sft(cfg, model_path, samples, out_dir)
+    pretrained = Path(model_path) / PRETRAIN_FILE
+    if pretrained.is_file():
+        report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
+    return checkpoint
+
+
+def report_kept_skills(cfg: Config, base: dict[str, Any], checkpoint: str, out_dir: Path) -> None:
+    """The copy-pretrained base's held-out drills, re-judged after SFT (out_dir/drills.json): fine-tuning on a few
+    hundred demonstrations can overwrite what pretraining taught (sft.replay_drills guards against it)."""
+    after = drill_accuracy(cfg, checkpoint, base.get("held_out_drills", 256))
+    kept = {kind: {"base": base.get(kind), "after_sft": value} for kind, value in after.items()}
+    (out_dir / DRILLS_FILE).write_text(json.dumps(kept, indent=1) + "\n")
+    print("sft: held-out drills written exactly, base -> after SFT: " + ", ".join(
+        f"{kind.removesuffix('_accuracy')} {v['base']:.2f} -> {v['after_sft']:.2f}"
+        for kind, v in kept.items() if v["base"] is not None))
 
 
 def _answer_tool(cfg: Config) -> str:

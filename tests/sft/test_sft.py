@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestra_rl.sft.train import DEMOS_FILE, ENV_DEMOS_FILE, METRICS_FILE, masked_nll_sum
-from tests.conftest import SFT_EPOCHS
+from orchestra_rl.models.tiny import PRETRAIN_FILE
+from orchestra_rl.sft.replay import replay_samples
+from orchestra_rl.sft.train import DEMOS_FILE, DRILLS_FILE, ENV_DEMOS_FILE, METRICS_FILE, masked_nll_sum
+from tests.conftest import SFT_EPOCHS, SFT_OVERRIDES, SFT_REPLAY_DRILLS
 
 
 def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
@@ -21,7 +23,7 @@ def test_masked_nll_counts_only_policy_tokens(tiny_model_path):
 
 @pytest.mark.integration
 @pytest.mark.e2e
-def test_sft_learns_the_tool_call_format(sft_run):
+def test_sft_learns_the_tool_call_format(sft_run, make_config):
     out, checkpoint = Path(sft_run[0]), sft_run[1]
     assert checkpoint == str(out / "checkpoint")
     assert len((out / DEMOS_FILE).read_text().splitlines()) == 128
@@ -31,12 +33,26 @@ def test_sft_learns_the_tool_call_format(sft_run):
 
     history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, SFT_EPOCHS + 1))
+    # Each epoch trains on every demonstration, golden replay and replayed drill of the base (180 samples: whole
+    # batches of 4), and on their policy tokens only.
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    masks = [json.loads(line)["loss_mask"] for f in (DEMOS_FILE, ENV_DEMOS_FILE)
+             for line in (out / f).read_text().splitlines()]
+    masks += [mask for _, mask in replay_samples(make_config(*SFT_OVERRIDES), tokenizer, SFT_REPLAY_DRILLS)]
+    assert len(masks) % 4 == 0
+    assert all(h["policy_tokens"] == sum(sum(mask[1:]) for mask in masks) for h in history)
     losses = [h["loss"] for h in history]
     assert losses[-1] < 0.7 * losses[0], losses
 
+    # The base's held-out drills re-judged after SFT, beside the base's own verdict on the same drills.
+    base = json.loads(Path(checkpoint, PRETRAIN_FILE).read_text())
+    kept = json.loads((out / DRILLS_FILE).read_text())
+    assert set(kept) == {"copy_accuracy", "reading_accuracy"}
+    for kind, verdict in kept.items():
+        assert verdict["base"] == base[kind] and 0.0 <= verdict["after_sft"] <= 1.0
+
     # An ordinary HF directory: transformers loads it, and the policy now opens its turn with a tool call.
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     assert Path(checkpoint, "tokenizer.json").is_file() and Path(checkpoint, "model.safetensors").is_file()
     row = json.loads((out / DEMOS_FILE).read_text().splitlines()[0])  # a training prompt
     prompt = row["token_ids"][:row["loss_mask"].index(1)]

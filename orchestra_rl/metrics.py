@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from statistics import fmean
 from typing import Any
 
@@ -41,24 +41,33 @@ def trajectory_stats(trajectories: list[Trajectory], tool_names: Collection[str]
     }
 
 
-def first_calls(trajectories: list[Trajectory],
-                tool_names: Collection[str] | None = None) -> dict[str, dict[str, dict[str, float | None]]]:
-    """The routing decision per family and what it earned: {family: {tool: {"share": of the family's trajectories
-    whose first call went to tool, "outcome": their mean outcome (None before scoring)}}}. A trajectory that
-    called nothing counts under NO_CALL, a name outside `tool_names` under UNKNOWN_TOOL."""
+def scored_outcome(t: Trajectory) -> float | None:
+    """A trajectory's outcome reward once the reward actor scored it (None before)."""
+    return t.reward_components.get("outcome")
+
+
+def first_calls(trajectories: list[Trajectory], tool_names: Collection[str] | None = None,
+                group: Callable[[Trajectory], str] = lambda t: t.family,
+                outcome: Callable[[Trajectory], float | None] = scored_outcome,
+                ) -> dict[str, dict[str, dict[str, float | None]]]:
+    """The routing decision per group of trajectories (their family unless `group` says otherwise) and what it
+    earned: {group: {tool: {"share": of the group's trajectories whose first call went to tool, "trajectories":
+    how many, "outcome": their mean `outcome` (None where there is none yet)}}}. A trajectory that called nothing
+    counts under NO_CALL, a name outside `tool_names` under UNKNOWN_TOOL."""
     routed: dict[str, dict[str, list[Trajectory]]] = {}
     for t in trajectories:
         name = t.tool_calls[0].name if t.tool_calls else NO_CALL
         if name != NO_CALL and tool_names is not None and name not in tool_names:
             name = UNKNOWN_TOOL
-        routed.setdefault(t.family, {}).setdefault(name, []).append(t)
+        routed.setdefault(group(t), {}).setdefault(name, []).append(t)
     stats = {}
-    for family, by_tool in sorted(routed.items()):
-        n = sum(len(group) for group in by_tool.values())
-        stats[family] = {}
-        for name, group in sorted(by_tool.items()):
-            outcomes = [t.reward_components["outcome"] for t in group if "outcome" in t.reward_components]
-            stats[family][name] = {"share": len(group) / n, "outcome": fmean(outcomes) if outcomes else None}
+    for key, by_tool in sorted(routed.items()):
+        n = sum(len(trajs) for trajs in by_tool.values())
+        stats[key] = {}
+        for name, trajs in sorted(by_tool.items()):
+            outcomes = [o for t in trajs if (o := outcome(t)) is not None]
+            stats[key][name] = {"share": len(trajs) / n, "trajectories": len(trajs),
+                                "outcome": fmean(outcomes) if outcomes else None}
     return stats
 
 

@@ -25,7 +25,7 @@ from orchestra_rl.checkpoint import (POLICY_DIR, checkpoint_dir, latest_checkpoi
 from orchestra_rl.config import Config
 from orchestra_rl.data.sampler import TaskSampler
 from orchestra_rl.eval.baselines import expand_baselines, run_baseline
-from orchestra_rl.eval.report import print_comparison, print_side_by_side, summarize
+from orchestra_rl.eval.report import print_comparison, print_routes, print_side_by_side, summarize
 from orchestra_rl.eval.run import evaluate, select_tasks
 from orchestra_rl.learner.samples import make_train_samples_task
 from orchestra_rl.metrics import copying_tools
@@ -197,6 +197,7 @@ def train(cfg: Config) -> dict[str, Any]:
         after, after_trajectories = scored_eval(system, cfg, "eval after")
         tracker.log_eval(after, step=cfg.train.steps)
         print_comparison(before, after)
+        print_routes(after["routes"], "routes after training: the first call per kind of question")
         compared = {}
         if cfg.train.baselines:
             policies = {"before": before_trajectories} if before_trajectories else {}

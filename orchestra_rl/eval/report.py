@@ -1,5 +1,5 @@
 """Summaries of a set of trajectories: accuracy, pass^k, dollar cost, latency, tool-call mix and errors, per
-family (a τ²-Bench source is a family of its own)."""
+family (a τ²-Bench source is a family of its own), and where each kind of question was routed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestra_rl.metrics import argument_fidelity, trajectory_stats
+from orchestra_rl.metrics import argument_fidelity, first_calls, trajectory_stats
 from orchestra_rl.reward.outcome import outcome_score, solved
 from orchestra_rl.types import Task, Trajectory
 
@@ -68,12 +68,21 @@ def task_results(trajectories: list[Trajectory], tasks: list[Task]) -> list[dict
     return records
 
 
+def question_kind(task: Task) -> str:
+    """The task's family, and for the world's fact questions what they ask ("lookup/population",
+    "multihop/founded+birth_year"): a policy may route by what a question asks, not only by its family."""
+    attributes = dict.fromkeys(task.metadata.get("attributes") or ())
+    return f"{task.family}/{'+'.join(attributes)}" if attributes else task.family
+
+
 def summarize(trajectories: list[Trajectory], tasks: list[Task], tool_names: Collection[str] | None = None,
               copying: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Overall and per-family metrics. Accuracy counts the trajectories that solved their task (reward.outcome:
-    the rules, or the environment's grader; never the LLM judge). Calls to names outside `tool_names` (if given)
-    count as UNKNOWN_TOOL. `copying` (name -> kind, metrics.copying_tools): the tools whose calls the argument
-    fidelity judges (None where there are none)."""
+    """Overall and per-family metrics, and the routes: per question kind, the share of first calls to each tool
+    and the accuracy of the trajectories that took it (metrics.first_calls; "outcome" is their accuracy here).
+    Accuracy counts the trajectories that solved their task (reward.outcome: the rules, or the environment's
+    grader; never the LLM judge). Calls to names outside `tool_names` (if given) count as UNKNOWN_TOOL. `copying`
+    (name -> kind, metrics.copying_tools): the tools whose calls the argument fidelity judges (None where there
+    are none)."""
     if not trajectories:
         raise ValueError("no trajectories to summarize")
     by_id = {t.task_id: t for t in tasks}
@@ -82,6 +91,8 @@ def summarize(trajectories: list[Trajectory], tasks: list[Task], tool_names: Col
         "overall": _summary(trajectories, by_id, tool_names, copying or {}),
         "families": {f: _summary([t for t in trajectories if t.family == f], by_id, tool_names, copying or {})
                      for f in families},
+        "routes": first_calls(trajectories, tool_names, group=lambda t: question_kind(by_id[t.task_id]),
+                              outcome=lambda t: float(solved(t, by_id[t.task_id]))),
     }
 
 
@@ -107,6 +118,18 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
                       f"{s['cost_usd']:.6f}", f"{s['latency_s']:.2f}", f"{s['turns']:.1f}",
                       _mix(s["tool_calls_per_trajectory"]), _share(s.get("argument_fidelity")),
                       str(s["parse_errors"]), str(s["tool_errors"]))
+    (console or Console(width=160)).print(table)
+
+
+def print_routes(routes: dict[str, dict[str, dict[str, Any]]], title: str, console: Console | None = None) -> None:
+    """One row per question kind: its trajectories, then each first call's share and the accuracy behind it."""
+    table = Table(title=title)
+    for col in ("question kind", "n", "first call: share (accuracy of those trajectories)"):
+        table.add_column(col, justify="right" if col == "n" else "left")
+    for kind, by_tool in routes.items():
+        ranked = sorted(by_tool.items(), key=lambda kv: -kv[1]["share"])
+        table.add_row(kind, str(sum(r["trajectories"] for r in by_tool.values())), ", ".join(
+            f"{name} {r['share']:.2f} ({_share(r['outcome'])})" for name, r in ranked))
     (console or Console(width=160)).print(table)
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from orchestra_rl.config import Config, as_plain
 from orchestra_rl.data.sampler import interleave_families
-from orchestra_rl.eval.report import print_summary, summarize, task_results
+from orchestra_rl.eval.report import print_routes, print_summary, summarize, task_results
 from orchestra_rl.metrics import copying_tools
 from orchestra_rl.reward.outcome import solved
 from orchestra_rl.system import System
@@ -70,6 +70,7 @@ def run_eval(cfg: Config) -> dict[str, Any]:
               "config": as_plain(cfg)}
     write_eval(out_dir, report, trajectories, tasks)
     print_summary(summary, title=f"eval of {model_path} on {cfg.eval.split} ({wall:.0f} s)")
+    print_routes(summary["routes"], title="routes: the first call per kind of question")
     print(f"report: {out_dir / 'report.json'}")
     report["output_dir"] = str(out_dir)
     return report

@@ -6,6 +6,7 @@ Pareto front against the points, the PNG and its W&B copy written."""
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from statistics import fmean
 
@@ -33,6 +34,14 @@ def check_report(report: dict, trajectories: list[dict], gold: dict[str, str]) -
     calls = [c for t in trajectories for turn in t["turns"] for c in turn["calls"]]
     assert sum(report["overall"]["tool_calls_per_trajectory"].values()) == pytest.approx(len(calls) / 8)
     assert report["overall"]["tool_errors"] == sum(1 for c in calls if c["result"]["error"])
+    # The routes: every trajectory once, under its first call, in the kind of question its task asks.
+    first = Counter(next((c["name"] for turn in t["turns"] for c in turn["calls"]), "no_call") for t in trajectories)
+    routed = Counter()
+    for kind, by_tool in report["routes"].items():
+        assert kind.split("/")[0] in report["families"]
+        assert sum(r["share"] for r in by_tool.values()) == pytest.approx(1)
+        routed.update({name: r["trajectories"] for name, r in by_tool.items()})
+    assert routed == first
 
 
 @pytest.mark.integration

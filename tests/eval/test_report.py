@@ -10,7 +10,8 @@ from orchestra_rl.cli import main
 from orchestra_rl.config import RewardConfig
 from orchestra_rl.eval.baselines import baseline_strategies, expand_baselines
 from orchestra_rl.eval.pareto import pareto_front
-from orchestra_rl.eval.report import load_train_reports, pass_hat_k, print_runs, print_summary, summarize, task_results
+from orchestra_rl.eval.report import (load_train_reports, pass_hat_k, print_routes, print_runs, print_summary,
+                                      question_kind, summarize, task_results)
 from orchestra_rl.reward.actor import RewardActor
 from tests.helpers import make_task, make_trajectory
 
@@ -33,6 +34,34 @@ async def test_accuracy_counts_exactly_what_the_reward_outcome_accepts():
     for family in ("arithmetic", "multihop", "lookup", "trivia"):
         of_family = [o for o, (_, _, f) in zip(outcomes, cases) if f == family]
         assert summary["families"][family]["accuracy"] == pytest.approx(sum(of_family) / len(of_family))
+
+
+def test_routes_show_where_each_kind_of_question_went_first_and_how_that_went():
+    # Lookups of two attributes, routed differently: what a question asks can decide where a policy sends it.
+    tasks = [make_task("p", "5", "lookup", metadata={"entities": ["Daelora"], "attributes": ["population"]}),
+             make_task("f", "1900", "lookup", metadata={"entities": ["Paekstan"], "attributes": ["founded"]}),
+             make_task("m", "7", "multihop", metadata={"attributes": ["population", "population"]}),
+             make_task("a", "2", "arithmetic", metadata={"expression": "1 + 1"})]
+    trajectories = [make_trajectory("p", "5", (("large_generalist", 0.0, 0.0),), family="lookup"),
+                    make_trajectory("p", "4", (("large_generalist", 0.0, 0.0),), 0.0, 1, "lookup"),
+                    make_trajectory("p", "5", (("search", 0.0, 0.0),), 0.0, 2, "lookup"),
+                    make_trajectory("f", "1900", (("search", 0.0, 0.0), ("python", 0.0, 0.0)), family="lookup"),
+                    make_trajectory("m", "7", (), family="multihop"),
+                    make_trajectory("a", "2", (("python", 0.0, 0.0),), family="arithmetic")]
+    assert [question_kind(t) for t in tasks] == ["lookup/population", "lookup/founded", "multihop/population",
+                                                 "arithmetic"]
+
+    routes = summarize(trajectories, tasks, ["search", "python", "large_generalist", "answer"])["routes"]
+    assert routes == {
+        "arithmetic": {"python": {"share": 1.0, "trajectories": 1, "outcome": 1.0}},
+        "lookup/founded": {"search": {"share": 1.0, "trajectories": 1, "outcome": 1.0}},
+        "lookup/population": {"large_generalist": {"share": pytest.approx(2 / 3), "trajectories": 2, "outcome": 0.5},
+                              "search": {"share": pytest.approx(1 / 3), "trajectories": 1, "outcome": 1.0}},
+        "multihop/population": {"no_call": {"share": 1.0, "trajectories": 1, "outcome": 1.0}}}
+    console = Console(record=True, width=160)
+    print_routes(routes, "routes", console)
+    row = "│ lookup/population   │ 3 │ large_generalist 0.67 (0.50), search 0.33 (1.00) "
+    assert row in console.export_text()
 
 
 def test_pass_hat_k_is_the_chance_that_k_trials_all_succeed():

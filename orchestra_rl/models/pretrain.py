@@ -147,6 +147,12 @@ class DrillMaker:
 # The default tools' ways through each family a reading drill is drawn from (search, then python, then answer).
 READING_PLANS = {"lookup": ("search",), "multihop": ("search", "search", "python"), "arithmetic": ("python",)}
 READING_TOOLS = ("search", "python", "answer")
+
+
+def reads(tools: list[str], reading_share: float) -> bool:
+    """Whether reading drills join the copy drills: a share of them is configured and they can call their tools."""
+    return reading_share > 0 and set(READING_TOOLS) <= set(tools)
+
 # The phases, as shares of the steps. Reading builds on copying: copy drills alone until READING_FROM (their loss
 # collapses, the model copies, after ~500-1000 steps), then reading drills join; mixed in from the start, copying
 # did not form in 2000 steps. From CONTEXT_FROM every drill is read after the system turn, at a lower rate: what
@@ -298,8 +304,8 @@ def pretrain_copying(model: Any, tokenizer: Any, tools: list[str], steps: int, b
     import torch
     from tqdm import tqdm
 
-    reading = reading_share > 0
-    if reading and not set(READING_TOOLS) <= set(tools):
+    reading = reads(tools, reading_share)
+    if reading_share > 0 and not reading:
         raise ValueError(f"reading drills call the tools {', '.join(READING_TOOLS)}: add them to model.word_tokens "
                          "or set model.pretrain_reading_share to 0")
     torch.manual_seed(seed)

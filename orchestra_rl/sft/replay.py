@@ -16,8 +16,8 @@ import random
 from typing import Any
 
 from orchestra_rl.config import Config
-from orchestra_rl.models.pretrain import (READING_TOOLS, DrillMaker, ReadingDrillMaker, context_ids,
-                                          copy_accuracy, encode_drill, held_out_drills)
+from orchestra_rl.models.pretrain import (DrillMaker, ReadingDrillMaker, context_ids, copy_accuracy, encode_drill,
+                                          held_out_drills, reads)
 from orchestra_rl.models.tiny import chat_context
 
 
@@ -26,10 +26,7 @@ def replay_samples(cfg: Config, tokenizer: Any, n: int) -> list[tuple[list[int],
     if n <= 0:
         return []
     tools = list(cfg.model.word_tokens)
-    if not tools:
-        raise ValueError("sft.replay_drills needs the tiny model's tool words (model.word_tokens): the drills are "
-                         "calls to them; set sft.replay_drills=0 for another model")
-    share = cfg.model.pretrain_reading_share if set(READING_TOOLS) <= set(tools) else 0.0
+    share = cfg.model.pretrain_reading_share if reads(tools, cfg.model.pretrain_reading_share) else 0.0
     seed = cfg.model.seed
     copier, reader = DrillMaker(tools, seed), ReadingDrillMaker(seed) if share > 0 else None
     mixer, prefix = random.Random(f"sft-replay/{seed}"), context_ids(tokenizer, chat_context(cfg))
@@ -47,7 +44,7 @@ def drill_accuracy(cfg: Config, model_path: str, n: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tools = list(cfg.model.word_tokens)
-    reading = cfg.model.pretrain_reading_share > 0 and set(READING_TOOLS) <= set(tools)
+    reading = reads(tools, cfg.model.pretrain_reading_share)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     context = chat_context(cfg)

@@ -75,7 +75,7 @@ def run_sft(cfg: Config) -> str:
         print(f"sft: + {cfg.sft.replay_drills} drills of the base model's pretraining (sft.replay_drills)")
     checkpoint = train_sft(cfg, model_path, samples, out_dir)
     pretrained = Path(model_path) / PRETRAIN_FILE
-    if pretrained.is_file():
+    if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words
         report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
     return checkpoint
 

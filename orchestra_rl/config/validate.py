@@ -160,8 +160,6 @@ def validate(cfg: Config) -> Config:
            "num_demos, epochs and num_workers must be > 0")
     _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _check(cfg.sft.replay_drills >= 0, "sft.replay_drills", "must be >= 0 (0: demonstrations only)")
-    _check(cfg.sft.replay_drills == 0 or bool(cfg.model.word_tokens), "sft.replay_drills",
-           "replays the tiny model's drills, calls to model.word_tokens (empty here): set it to 0 for this model")
     _validate_env(cfg)
     for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency",
                 "sync_repeats", "step_prompts", "step_max_tokens", "step_steps"):

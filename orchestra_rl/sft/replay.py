@@ -22,8 +22,9 @@ from orchestra_rl.models.tiny import chat_context
 
 
 def replay_samples(cfg: Config, tokenizer: Any, n: int) -> list[tuple[list[int], list[int]]]:
-    """n (token ids, loss mask) samples of the base's drills, read after the configured system turn."""
-    if n <= 0:
+    """n (token ids, loss mask) samples of the base's drills, read after the configured system turn; none for a
+    model without the tiny base's tool words (model.word_tokens): such a model was not pretrained on drills."""
+    if n <= 0 or not cfg.model.word_tokens:
         return []
     tools = list(cfg.model.word_tokens)
     share = cfg.model.pretrain_reading_share if reads(tools, cfg.model.pretrain_reading_share) else 0.0

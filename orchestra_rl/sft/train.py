@@ -71,8 +71,10 @@ def run_sft(cfg: Config) -> str:
     if cfg.sft.replay_drills:
         from transformers import AutoTokenizer
 
-        samples += replay_samples(cfg, AutoTokenizer.from_pretrained(model_path), cfg.sft.replay_drills)
-        print(f"sft: + {cfg.sft.replay_drills} drills of the base model's pretraining (sft.replay_drills)")
+        drills = replay_samples(cfg, AutoTokenizer.from_pretrained(model_path), cfg.sft.replay_drills)
+        samples += drills
+        print(f"sft: + {len(drills)} drills of the base model's pretraining (sft.replay_drills)"
+              + ("" if drills else ": none, the model has no tool words (model.word_tokens) to drill"))
     checkpoint = train_sft(cfg, model_path, samples, out_dir)
     pretrained = Path(model_path) / PRETRAIN_FILE
     if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words

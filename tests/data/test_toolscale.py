@@ -208,7 +208,7 @@ def test_a_synthesized_domain_trains_a_grpo_step_and_is_evaluated(synth, cache_d
            # The configured tools off but the answer tool (a shorter prompt); the toolkit still runs sandboxed.
            *(f"tools.tools.{t}.enabled=false" for t in ("python", "search", "math_expert", "small_generalist",
                                                          "large_generalist")),
-           "sft.epochs=16", "sft.env_demo_repeats=8", "rollout.temperature=1.0", "train.steps=1",
+           "sft.epochs=16", "sft.env_demo_repeats=8", "sft.replay_drills=0", "rollout.temperature=1.0", "train.steps=1",
            "train.tasks_per_step=3", "rollout.group_size=4", "rollout.max_turns=6", "train.eval_max_tasks=0",
            "train.wandb_mode=disabled", f"serve.port={free_port()}",
            "learner.num_cpus_per_learner=0.5"]

@@ -22,7 +22,7 @@ def test_a_grpo_step_on_tau2_mock_learns_from_tau2_graded_rollouts(cache_dir, tm
            # tasks, not all (the groups differ in reward).
            *(f"tools.tools.{t}.enabled=false" for t in ("python", "search", "math_expert", "small_generalist",
                                                          "large_generalist")),
-           "sft.epochs=16", "sft.env_demo_repeats=4", "rollout.temperature=0.5", "train.steps=1",
+           "sft.epochs=16", "sft.env_demo_repeats=4", "sft.replay_drills=0", "rollout.temperature=0.5", "train.steps=1",
            "train.tasks_per_step=4", "rollout.group_size=4", "rollout.max_turns=4", "train.eval_max_tasks=4",
            "train.wandb_mode=disabled", f"serve.port={free_port()}", "serve.latency_scale=0.01",
            "learner.num_cpus_per_learner=0.5"]

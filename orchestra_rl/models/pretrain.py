@@ -147,12 +147,6 @@ class DrillMaker:
 # The default tools' ways through each family a reading drill is drawn from (search, then python, then answer).
 READING_PLANS = {"lookup": ("search",), "multihop": ("search", "search", "python"), "arithmetic": ("python",)}
 READING_TOOLS = ("search", "python", "answer")
-
-
-def reads(tools: list[str], reading_share: float) -> bool:
-    """Whether reading drills join the copy drills: a share of them is configured and they can call their tools."""
-    return reading_share > 0 and set(READING_TOOLS) <= set(tools)
-
 # The phases, as shares of the steps. Reading builds on copying: copy drills alone until READING_FROM (their loss
 # collapses, the model copies, after ~500-1000 steps), then reading drills join; mixed in from the start, copying
 # did not form in 2000 steps. From CONTEXT_FROM every drill is read after the system turn, at a lower rate: what
@@ -163,6 +157,11 @@ CONTEXT_LR_SCALE = 1 / 3
 READING_BATCH_DIVISOR = 4  # a reading batch holds a quarter of batch_size: its drills are ~6 times longer
 READING_TOP_K = 3  # passages per search, as conf/tools/default.yaml
 READING_WORLDS = 8  # worlds per reading stream (each 24 countries, companies and people, as the default world)
+
+
+def reads(tools: list[str], reading_share: float) -> bool:
+    """Whether reading drills join the copy drills: a share of them is configured and they can call their tools."""
+    return reading_share > 0 and set(READING_TOOLS) <= set(tools)
 
 
 def _printed(code: str) -> str:

@@ -14,6 +14,7 @@ import ast
 import asyncio
 import json
 import os
+import signal
 import socket
 import time
 import uuid
@@ -132,6 +133,7 @@ async def test_host_files_are_invisible_and_system_read_only(limits):
     host_tmp, host_home = Path("/tmp") / name, Path.home() / name
     code = f"""
 import os
+import signal
 for path in [{str(host_tmp)!r}, {str(host_home)!r}, "/work", "/etc/passwd", {str(Path.home() / ".cache")!r}]:
     print(path, os.path.exists(path))
 print("tmp", os.listdir("/tmp"), os.getcwd())
@@ -233,7 +235,11 @@ async def test_cancelled_run_leaves_nothing(limits):
 async def test_memory_bomb_hits_memory_limit(limits, code):
     result = await run_sandboxed_async(code, limits)
     assert result.killed_reason == "memory limit"
-    assert result.stderr.endswith("MemoryError\n")
+    # Whichever limit is reached first: the per-process data limit (Python raises MemoryError) or, in cgroup1, the
+    # run's total (the kernel's OOM kill, SIGKILL). Under memory pressure the interpreter's evicted file pages are
+    # charged to the run's cgroup as they are read back, and the total can be reached first (seen in CI).
+    assert result.stderr.endswith("MemoryError\n") or (result.mode == "cgroup1"
+                                                        and result.exit_code == 128 + signal.SIGKILL)
 
 
 @pytest.mark.integration

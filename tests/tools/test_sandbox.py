@@ -133,7 +133,6 @@ async def test_host_files_are_invisible_and_system_read_only(limits):
     host_tmp, host_home = Path("/tmp") / name, Path.home() / name
     code = f"""
 import os
-import signal
 for path in [{str(host_tmp)!r}, {str(host_home)!r}, "/work", "/etc/passwd", {str(Path.home() / ".cache")!r}]:
     print(path, os.path.exists(path))
 print("tmp", os.listdir("/tmp"), os.getcwd())

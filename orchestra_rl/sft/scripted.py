@@ -48,6 +48,13 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     return ToolCall(name, arguments).render()
 
 
+def thought(task: Task) -> str:
+    """The first turn's reasoning (sft.think): the question restated, the same for every family. It carries no tool
+    choice; it puts what is asked right before the call, where the policy chooses the tool (past the user's stated
+    preference), so RL can condition the choice on it."""
+    return f"<think>{task.question}</think>\n"
+
+
 def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
     """Per family, the tool sequences (answer call not included) a demonstration may use: the same pool for
     every family, each strategy that solves some family, in a fixed order."""
@@ -77,8 +84,9 @@ class ScriptedPolicy:
     """The Engine protocol, scripted. `for_group(g)` gives the policy of group index g (its strategy choice)."""
 
     def __init__(self, tokenizer: Any, tasks: list[Task], strategies: dict[str, list[tuple[str, ...]]],
-                 tool_kinds: dict[str, str], answer_tool: str, seed: int = 0, group_index: int = 0):
-        self.tokenizer = tokenizer
+                 tool_kinds: dict[str, str], answer_tool: str, seed: int = 0, group_index: int = 0,
+                 think: bool = False):
+        self.tokenizer, self.think = tokenizer, think
         self.tasks_by_question = {t.question: t for t in tasks}
         self.strategies, self.tool_kinds, self.answer_tool = strategies, tool_kinds, answer_tool
         self.seed, self.group_index = seed, group_index
@@ -87,10 +95,12 @@ class ScriptedPolicy:
     @classmethod
     def from_config(cls, cfg: Config, tokenizer: Any, tasks: list[Task],
                     strategies: dict[str, list[tuple[str, ...]]] | None = None) -> "ScriptedPolicy":
-        """The demonstrator (strategies: demo_strategies), or a fixed baseline's strategy table (eval)."""
+        """The demonstrator (strategies: demo_strategies; it thinks if sft.think), or a fixed baseline's strategy
+        table (eval; no thought: a baseline is judged by its calls)."""
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
         answer_tool = next(name for name, kind in enabled.items() if kind == "answer")  # validate() ensures one
-        policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed)
+        policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed,
+                     think=cfg.sft.think and strategies is None)
         policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}
         return policy
 
@@ -118,8 +128,9 @@ class ScriptedPolicy:
 
     def next_turn(self, context: str) -> str:
         task = self.task_in(context)
-        name, arguments = self.next_call(task, _RESPONSE.findall(context))
-        return format_tool_call(name, arguments)
+        responses = _RESPONSE.findall(context)
+        name, arguments = self.next_call(task, responses)
+        return (thought(task) if self.think and not responses else "") + format_tool_call(name, arguments)
 
     def task_in(self, context: str) -> Task:
         # The longest question in the context: the task's own (the policy's calls may repeat it; no tool

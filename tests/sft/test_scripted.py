@@ -86,6 +86,23 @@ def test_arguments_are_filled_from_the_question_and_the_responses(make_config, t
     assert policy._arguments(arithmetic, ("search",), 0, []) == {"query": arithmetic.question}
 
 
+def test_sft_think_opens_the_first_turn_with_the_question_restated_for_every_family(make_config, tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tasks = load_tasks(build_world(make_config().data), "train")
+    thinking = ScriptedPolicy.from_config(make_config("sft.think=true"), tokenizer, tasks)
+    plain = ScriptedPolicy.from_config(make_config(), tokenizer, tasks)
+    for task in (next(t for t in tasks if t.family == f) for f in ("arithmetic", "lookup", "multihop", "hard")):
+        first, later = "<|im_start|>user\n" + question_with_preference(task), "\n<tool_response>\nIt has 12.\n</tool_response>"
+        turn = thinking.next_turn(first)
+        assert turn == f"<think>{task.question}</think>\n" + plain.next_turn(first)  # the same call, thought first
+        parsed = parse_tool_calls(turn)
+        assert parsed.error is None and parsed.content == f"<think>{task.question}</think>"
+        assert thinking.next_turn(first + later) == plain.next_turn(first + later)  # only the first turn thinks
+    # A fixed baseline's table is judged by its calls: no thought even when sft.think is set.
+    baseline = ScriptedPolicy.from_config(make_config("sft.think=true"), tokenizer, tasks, demo_strategies(make_config()))
+    assert not baseline.next_turn("<|im_start|>user\n" + tasks[0].question).startswith("<think>")
+
+
 @pytest.fixture(scope="module")
 def runtime(make_config, ray_local):
     cfg = make_config(f"serve.port={free_port()}")

@@ -44,7 +44,7 @@ from orchestra_rl.data.reading import UNKNOWN, find_span, python_code, search_qu
 from orchestra_rl.data.world import InventedNames, build_world, evaluate_arithmetic, load_tasks
 from orchestra_rl.types import Task, ToolCall
 
-DRILLS_VERSION = 3  # part of the model folder's address: bump when the drills or their schedule change
+DRILLS_VERSION = 4  # part of the model folder's address: bump when the drills or their schedule change
 
 # The argument each drill tool takes; a tool word not listed here takes a "question" (the experts).
 DRILL_ARGUMENT = {"python": "code", "search": "query", "answer": "answer"}
@@ -146,6 +146,12 @@ class DrillMaker:
 
 # The default tools' ways through each family a reading drill is drawn from (search, then python, then answer).
 READING_PLANS = {"lookup": ("search",), "multihop": ("search", "search", "python"), "arithmetic": ("python",)}
+# How often each step of those ways is drilled, (family, responses before the call): weight. Weighted by difficulty:
+# the multihop chain's python call, which writes the numbers of two passages (often with thousands separators) into
+# one expression without them, was written exactly on 0.20 of held-out drills when every family was drawn alike
+# (it was 1/9 of the drills), while reading python's printed answer (1/3 of them) was at 1.00.
+READING_STEPS = {("lookup", 1): 2, ("multihop", 1): 1, ("multihop", 2): 3, ("multihop", 3): 1, ("arithmetic", 1): 1}
+CHAIN_STEP = ("multihop", 2)  # judged apart as well ("chain" drills): the step the multihop family needs most
 READING_TOOLS = ("search", "python", "answer")
 # The phases, as shares of the steps. Reading builds on copying: copy drills alone until READING_FROM (their loss
 # collapses, the model copies, after ~500-1000 steps), then reading drills join; mixed in from the start, copying
@@ -157,6 +163,7 @@ CONTEXT_LR_SCALE = 1 / 3
 READING_BATCH_DIVISOR = 4  # a reading batch holds a quarter of batch_size: its drills are ~6 times longer
 READING_TOP_K = 3  # passages per search, as conf/tools/default.yaml
 READING_WORLDS = 8  # worlds per reading stream (each 24 countries, companies and people, as the default world)
+HELD_OUT_WORLDS = 4  # worlds of the held-out stream: enough distinct multihop questions for 256 chain drills
 
 
 def reads(tools: list[str], reading_share: float) -> bool:
@@ -203,12 +210,16 @@ class ReadingDrillMaker:
                                   families=list(READING_PLANS), tasks_per_family=200)
                 folder = build_world(data)
                 search = SearchTool("search", ToolConfig(kind="search", top_k=READING_TOP_K), folder)
-                self.worlds.append((load_tasks(folder, "train"), search))
+                by_family: dict[str, list[Task]] = {family: [] for family in READING_PLANS}
+                for task in load_tasks(folder, "train"):
+                    by_family[task.family].append(task)
+                self.worlds.append((by_family, search))
 
-    def drill(self) -> Drill:
+    def drill(self, step: tuple[str, int] | None = None) -> Drill:
+        """A drill of `step` (family, responses before the call), by default drawn by READING_STEPS' weights."""
+        family, target = step or self.rng.choices(list(READING_STEPS), weights=list(READING_STEPS.values()))[0]
         tasks, search = self.rng.choice(self.worlds)
-        task = self.rng.choice(tasks)
-        target = self.rng.randint(1, len(READING_PLANS[task.family]))  # the call after this many responses
+        task = self.rng.choice(tasks[family])
         context, responses = list(_user(task.question)), []
         for _ in range(target):
             name, arguments = reading_call(task, responses)
@@ -284,12 +295,13 @@ def copy_accuracy(model: Any, tokenizer: Any, drills: list[Drill], context: Chat
 
 def held_out_drills(tools: list[str], seed: int, n: int, reading: bool) -> dict[str, list[Drill]]:
     """The drills the stage is judged on, by kind: n of each, from the streams of seed + 1 (reading drills: about a
-    world never trained on)."""
+    world never trained on): copy, reading (drawn as trained) and chain (the multihop chain's python call)."""
     copy_maker = DrillMaker(tools, seed + 1)
     held_out = {"copy": [copy_maker.drill() for _ in range(n)]}
     if reading:
-        reading_maker = ReadingDrillMaker(seed + 1, worlds=1)
+        reading_maker = ReadingDrillMaker(seed + 1, worlds=HELD_OUT_WORLDS)
         held_out["reading"] = [reading_maker.drill() for _ in range(n)]
+        held_out["chain"] = [reading_maker.drill(CHAIN_STEP) for _ in range(n)]
     return held_out
 
 

@@ -180,7 +180,8 @@ def build_tiny_model(cfg: ModelConfig, context: ChatContext = ChatContext()) -> 
         print(f"copy pretraining: {cfg.pretrain_steps} steps in {pretrained['seconds']:.0f} s, loss "
               f"{pretrained['loss_first']:.2f} -> {pretrained['loss_last']:.2f}, held-out calls written exactly "
               f"{pretrained['copy_accuracy']:.2f}"
-              + (f", reading {pretrained['reading_accuracy']:.2f}" if "reading_accuracy" in pretrained else ""))
+              + "".join(f", {kind} {pretrained[f'{kind}_accuracy']:.2f}" for kind in ("reading", "chain")
+                        if f"{kind}_accuracy" in pretrained))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))
     try:

@@ -47,7 +47,7 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     # The base's held-out drills re-judged after SFT, beside the base's own verdict on the same drills.
     base = json.loads(Path(checkpoint, PRETRAIN_FILE).read_text())
     kept = json.loads((out / DRILLS_FILE).read_text())
-    assert set(kept) == {"copy_accuracy", "reading_accuracy"}
+    assert set(kept) == {"copy_accuracy", "reading_accuracy", "chain_accuracy"}
     for kind, verdict in kept.items():
         assert verdict["base"] == base[kind] and 0.0 <= verdict["after_sft"] <= 1.0
 

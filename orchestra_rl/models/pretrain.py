@@ -148,7 +148,7 @@ class DrillMaker:
 READING_PLANS = {"lookup": ("search",), "multihop": ("search", "search", "python"), "arithmetic": ("python",)}
 # How often each step of those ways is drilled, (family, responses before the call): weight. Weighted by difficulty:
 # the multihop chain's python call, which writes the numbers of two passages (often with thousands separators) into
-# one expression without them, was written exactly on 0.20 of held-out drills when every family was drawn alike
+# one expression without them, was written exactly on 0.25 of held-out drills when every family was drawn alike
 # (it was 1/9 of the drills), while reading python's printed answer (1/3 of them) was at 1.00.
 READING_STEPS = {("lookup", 1): 2, ("multihop", 1): 1, ("multihop", 2): 3, ("multihop", 3): 1, ("arithmetic", 1): 1}
 CHAIN_STEP = ("multihop", 2)  # judged apart as well ("chain" drills): the step the multihop family needs most

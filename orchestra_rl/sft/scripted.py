@@ -51,7 +51,7 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
 def thought(task: Task) -> str:
     """The first turn's reasoning (sft.think): the question restated, the same for every family. It carries no tool
     choice; it puts what is asked right before the call, where the policy chooses the tool (past the user's stated
-    preference), so RL can condition the choice on it."""
+    preference). Measured, it did not help the tiny policy tell hard questions from lookups (docs/benchmarks.md)."""
     return f"<think>{task.question}</think>\n"
 
 

@@ -29,10 +29,12 @@ from typing import Any
 import ray
 
 from orchestra_rl.config import Config, env_sources
-from orchestra_rl.data.world import load_tasks
+from orchestra_rl.data.world import build_world, load_tasks
 from orchestra_rl.models.tiny import PRETRAIN_FILE, resolve_model_path
 from orchestra_rl.sft.demos import (demo_mix, environment_demos, generate_demos, tools_system,
                                     write_environment_demos)
+from orchestra_rl.sft.probe import describe as describe_probe
+from orchestra_rl.sft.probe import family_probe
 from orchestra_rl.sft.replay import drill_accuracy, replay_samples
 
 CHECKPOINT_DIR = "checkpoint"  # under sft.output_dir: the HF model directory
@@ -40,6 +42,7 @@ DEMOS_FILE = "demos.jsonl"
 ENV_DEMOS_FILE = "env_demos.jsonl"  # the environments' golden replays (sft/demos.environment_demos)
 METRICS_FILE = "metrics.jsonl"  # one row per epoch: epoch, loss (mean over the epoch's policy tokens), ...
 DRILLS_FILE = "drills.json"  # the base's held-out drills before and after SFT (report_kept_skills)
+PROBE_FILE = "probe.json"  # the family probe of the SFT policy at its first tool name (sft/probe.py)
 
 
 def run_sft(cfg: Config) -> str:
@@ -49,8 +52,9 @@ def run_sft(cfg: Config) -> str:
     model_path = resolve_model_path(cfg)
     start = time.perf_counter()
     demos: list = []
+    qa = any(source.kind == "qa" for source in env_sources(cfg).values())
     with tools_system(cfg, model_path) as system:
-        if any(source.kind == "qa" for source in env_sources(cfg).values()):
+        if qa:
             demos = generate_demos(cfg, system, cfg.sft.num_demos, cfg.sft.only_correct,
                                    out_path=out_dir / DEMOS_FILE)
             mix = demo_mix(demos, load_tasks(system.world_dir, "train"), _answer_tool(cfg))
@@ -79,6 +83,11 @@ def run_sft(cfg: Config) -> str:
     pretrained = Path(model_path) / PRETRAIN_FILE
     if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words
         report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
+    if qa:
+        world_dir = build_world(cfg.data)
+        probe = family_probe(cfg, checkpoint, load_tasks(world_dir, "train") + load_tasks(world_dir, "test"))
+        (out_dir / PROBE_FILE).write_text(json.dumps(probe, indent=1) + "\n")
+        print(f"sft: {describe_probe(probe)}")
     return checkpoint
 
 

@@ -9,7 +9,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.models.tiny import PRETRAIN_FILE
 from orchestra_rl.sft.replay import replay_samples
-from orchestra_rl.sft.train import DEMOS_FILE, DRILLS_FILE, ENV_DEMOS_FILE, METRICS_FILE, masked_nll_sum
+from orchestra_rl.data.world import build_world, load_tasks
+from orchestra_rl.sft.probe import ids_to_first_tool_name
+from orchestra_rl.sft.train import (DEMOS_FILE, DRILLS_FILE, ENV_DEMOS_FILE, METRICS_FILE, PROBE_FILE,
+                                    masked_nll_sum)
 from tests.conftest import SFT_EPOCHS, SFT_OVERRIDES, SFT_REPLAY_DRILLS
 
 
@@ -50,6 +53,28 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     assert set(kept) == {"copy_accuracy", "reading_accuracy", "chain_accuracy"}
     for kind, verdict in kept.items():
         assert verdict["base"] == base[kind] and 0.0 <= verdict["after_sft"] <= 1.0
+
+    # The family probe at the first tool name, over every QA task of the world (4 families of 8), read where the
+    # demonstrations name their first tool: their tokens up to the name are the probe's prompt.
+    probe = json.loads((out / PROBE_FILE).read_text())
+    world = build_world(make_config().data)
+    tasks = {t.task_id: t for split in ("train", "test") for t in load_tasks(world, split)}
+    assert probe["tasks"] == len(tasks) == 32 and probe["families"] == dict.fromkeys(
+        ["arithmetic", "hard", "lookup", "multihop"], 8)
+    assert probe["chance"] == 0.25 and 0.0 <= probe["accuracy"] <= 1.0
+    assert set(probe["pairs"]) == {"arithmetic/hard", "arithmetic/lookup", "arithmetic/multihop", "hard/lookup",
+                                   "hard/multihop", "lookup/multihop"}
+    assert all(0.0 <= v <= 1.0 for v in probe["pairs"].values())
+    for mix in probe["first_tool"].values():  # the SFT policy writes a tool name there: most of its probability
+        assert 0.5 < sum(mix.values()) <= 1.0 + 1e-6, mix
+    for line in (out / DEMOS_FILE).read_text().splitlines()[:16]:
+        row = json.loads(line)
+        ids = ids_to_first_tool_name(make_config(), tokenizer, tasks[row["task_id"]])
+        assert row["token_ids"][:len(ids)] == ids
+        named = tokenizer.decode(row["token_ids"][len(ids)])
+        assert named in probe["first_tool"]["lookup"]  # a tool's name: the probe's distribution covers it
+        if row["strategy"] != "(none)":  # a demonstration that ended without an answer has no strategy
+            assert named == row["strategy"].split(" -> ")[0], row["strategy"]
 
     # An ordinary HF directory: transformers loads it, and the policy now opens its turn with a tool call.
     model = AutoModelForCausalLM.from_pretrained(checkpoint)

@@ -1,0 +1,21 @@
+"""The family probe's classifier (sft/probe.py); the probe of a real SFT checkpoint is checked in test_sft.py."""
+
+import numpy as np
+
+from orchestra_rl.sft.probe import separability
+
+
+def test_separability_is_one_where_the_family_is_written_in_the_state_and_chance_where_it_is_not():
+    rng = np.random.default_rng(0)
+    labels = ["hard", "lookup"] * 50
+    noise = rng.normal(size=(100, 16))
+    planted = noise + np.array([[3.0 if label == "hard" else -3.0] + [0.0] * 15 for label in labels])
+    assert separability(planted, labels) == 1.0
+    unrelated = separability(noise, labels)
+    assert 0.3 < unrelated < 0.7, unrelated
+
+
+def test_separability_needs_every_label_in_every_fold():
+    states = np.zeros((12, 4))
+    assert separability(states, ["a"] * 8 + ["b"] * 4) is None  # 4 examples cannot fill 5 folds
+    assert separability(states, ["a"] * 12) is None  # one label: nothing to tell apart

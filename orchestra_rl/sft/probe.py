@@ -7,7 +7,8 @@ policy's last hidden state at the position where its first call names a tool (th
 it, for all families and for every pair; and it records the policy's own first-tool distribution per family there
 (its routing before RL, without sampling). SFT writes it beside its checkpoint (probe.json): a pair the probe
 confuses (hard questions vs lookups, whose questions differ only in the attribute asked) is a pair RL will route
-alike.
+alike. It runs on the driver's CPU, for a policy whose tool names are single tokens (model.word_tokens: the tiny
+model); a large model's SFT skips it.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def first_tool_states(cfg: Config, model_path: str, tasks: list[Task]) -> tuple[
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    tools = [name for name in cfg.tools.tools if cfg.tools.tools[name].enabled]
-    tool_ids = [tokenizer.encode(name, add_special_tokens=False)[0] for name in tools]  # a name's first token
+    # The enabled tools whose names are single tokens (model.word_tokens): their probability is the name's.
+    tools = [name for name, tool in cfg.tools.tools.items() if tool.enabled and name in cfg.model.word_tokens]
+    tool_ids = tokenizer.convert_tokens_to_ids(tools)
     states, probs = [], []
     with torch.no_grad():
         for task in tasks:

@@ -83,7 +83,7 @@ def run_sft(cfg: Config) -> str:
     pretrained = Path(model_path) / PRETRAIN_FILE
     if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words
         report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
-    if qa:
+    if qa and cfg.model.word_tokens:  # the probe reads the tool names' tokens, on this process's CPU (sft/probe.py)
         world_dir = build_world(cfg.data)
         probe = family_probe(cfg, checkpoint, load_tasks(world_dir, "train") + load_tasks(world_dir, "test"))
         (out_dir / PROBE_FILE).write_text(json.dumps(probe, indent=1) + "\n")

@@ -19,11 +19,11 @@ from typing import Any
 
 from orchestra_rl.config import Config
 from orchestra_rl.rollout.chat import ChatFormat
-from orchestra_rl.sft.scripted import thought
+from orchestra_rl.sft.scripted import format_tool_call, thought
 from orchestra_rl.tools.registry import config_schemas
 from orchestra_rl.types import Task
 
-TOOL_NAME_PREFIX = '<tool_call>\n{"name": "'  # the chat template's call up to the tool name (models/tiny.py)
+_NAME_MARK = "TOOLNAME"  # cut a rendered call at its tool name
 FOLDS = 5
 
 
@@ -40,14 +40,17 @@ def separability(states: Any, labels: list[str], folds: int = FOLDS) -> float | 
     return float(cross_val_score(LogisticRegression(max_iter=2000), states, labels, cv=cv).mean())
 
 
-def ids_to_first_tool_name(cfg: Config, tokenizer: Any, task: Task) -> list[int]:
-    """The task's prompt as a rollout renders it, then the policy's first turn up to the tool name as the
-    demonstrations write it (after their thought, with sft.think)."""
+def prompts_to_first_tool_name(cfg: Config, tokenizer: Any, tasks: list[Task]) -> list[list[int]]:
+    """Each task's prompt as a rollout renders it, then the policy's first turn up to the tool name as the
+    demonstrations write it (ToolCall.render, after their thought with sft.think)."""
     from orchestra_rl.envs.qa import question_with_preference
 
     chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, config_schemas(cfg.tools))
-    turn = (thought(task) if cfg.sft.think else "") + TOOL_NAME_PREFIX
-    return chat.prompt_ids(question_with_preference(task)) + tokenizer.encode(turn, add_special_tokens=False)
+    call = format_tool_call(_NAME_MARK, {})
+    up_to_name = call[:call.index(_NAME_MARK)]
+    return [chat.prompt_ids(question_with_preference(task))
+            + tokenizer.encode((thought(task) if cfg.sft.think else "") + up_to_name, add_special_tokens=False)
+            for task in tasks]
 
 
 def first_tool_states(cfg: Config, model_path: str, tasks: list[Task]) -> tuple[Any, Any, list[str]]:
@@ -63,8 +66,8 @@ def first_tool_states(cfg: Config, model_path: str, tasks: list[Task]) -> tuple[
     tool_ids = tokenizer.convert_tokens_to_ids(tools)
     states, probs = [], []
     with torch.no_grad():
-        for task in tasks:
-            out = model(torch.tensor([ids_to_first_tool_name(cfg, tokenizer, task)]), output_hidden_states=True)
+        for ids in prompts_to_first_tool_name(cfg, tokenizer, tasks):
+            out = model(torch.tensor([ids]), output_hidden_states=True)
             states.append(out.hidden_states[-1][0, -1].float().numpy())
             probs.append(torch.softmax(out.logits[0, -1].float(), -1)[tool_ids].numpy())
     return np.stack(states), np.stack(probs), tools

@@ -29,7 +29,7 @@ from typing import Any
 import ray
 
 from orchestra_rl.config import Config, env_sources
-from orchestra_rl.data.world import build_world, load_tasks
+from orchestra_rl.data.world import load_tasks
 from orchestra_rl.models.tiny import PRETRAIN_FILE, resolve_model_path
 from orchestra_rl.sft.demos import (demo_mix, environment_demos, generate_demos, tools_system,
                                     write_environment_demos)
@@ -54,10 +54,11 @@ def run_sft(cfg: Config) -> str:
     demos: list = []
     qa = any(source.kind == "qa" for source in env_sources(cfg).values())
     with tools_system(cfg, model_path) as system:
+        world_dir = system.world_dir
         if qa:
             demos = generate_demos(cfg, system, cfg.sft.num_demos, cfg.sft.only_correct,
                                    out_path=out_dir / DEMOS_FILE)
-            mix = demo_mix(demos, load_tasks(system.world_dir, "train"), _answer_tool(cfg))
+            mix = demo_mix(demos, load_tasks(world_dir, "train"), _answer_tool(cfg))
             print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
             for family, m in mix.items():
                 strategies = ", ".join(f"{s} {n}" for s, n in m["strategies"].items())
@@ -84,7 +85,6 @@ def run_sft(cfg: Config) -> str:
     if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words
         report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
     if qa and cfg.model.word_tokens:  # the probe reads the tool names' tokens, on this process's CPU (sft/probe.py)
-        world_dir = build_world(cfg.data)
         probe = family_probe(cfg, checkpoint, load_tasks(world_dir, "train") + load_tasks(world_dir, "test"))
         (out_dir / PROBE_FILE).write_text(json.dumps(probe, indent=1) + "\n")
         print(f"sft: {describe_probe(probe)}")

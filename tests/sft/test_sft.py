@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from orchestra_rl.models.tiny import PRETRAIN_FILE
 from orchestra_rl.sft.replay import replay_samples
 from orchestra_rl.data.world import build_world, load_tasks
-from orchestra_rl.sft.probe import ids_to_first_tool_name
+from orchestra_rl.sft.probe import prompts_to_first_tool_name
 from orchestra_rl.sft.train import (DEMOS_FILE, DRILLS_FILE, ENV_DEMOS_FILE, METRICS_FILE, PROBE_FILE,
                                     masked_nll_sum)
 from tests.conftest import SFT_EPOCHS, SFT_OVERRIDES, SFT_REPLAY_DRILLS
@@ -67,9 +67,9 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     assert all(0.0 <= v <= 1.0 for v in probe["pairs"].values())
     for mix in probe["first_tool"].values():  # the SFT policy writes a tool name there: most of its probability
         assert 0.5 < sum(mix.values()) <= 1.0 + 1e-6, mix
-    for line in (out / DEMOS_FILE).read_text().splitlines()[:16]:
-        row = json.loads(line)
-        ids = ids_to_first_tool_name(make_config(), tokenizer, tasks[row["task_id"]])
+    rows = [json.loads(line) for line in (out / DEMOS_FILE).read_text().splitlines()[:16]]
+    prompts = prompts_to_first_tool_name(make_config(), tokenizer, [tasks[row["task_id"]] for row in rows])
+    for row, ids in zip(rows, prompts):
         assert row["token_ids"][:len(ids)] == ids
         named = tokenizer.decode(row["token_ids"][len(ids)])
         assert named in probe["first_tool"]["lookup"]  # a tool's name: the probe's distribution covers it

@@ -320,8 +320,8 @@ class SFTConfig:
     # Drills of the tiny base's pretraining mixed into the demonstrations (sft/replay.py), so SFT keeps its reading
     # (held-out reading drills after SFT: 0.59 without, 0.77 with 256; docs/benchmarks.md). 0 for another model.
     replay_drills: int = 256
-    # Demonstrations open with a thought that restates the question (<think>...</think>, sft/scripted.thought); off:
-    # it did not separate the families the tiny policy confuses (docs/benchmarks.md).
+    # Demonstrations open with a thought that restates the question, its names first and what is asked last
+    # (<think>...</think>, sft/scripted.thought), right before the call that chooses the tool.
     think: bool = False
     output_dir: str = "outputs/sft"
 

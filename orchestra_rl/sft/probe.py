@@ -4,10 +4,10 @@ RL can route a family to its best tool only as far as the policy's state at the 
 families: GRPO's gradient for that token moves every state near the rewarded one. For every QA task this reads the
 policy's last hidden state at the position where its first call names a tool (the task's exact prompt, then
 `<tool_call>\n{"name": "`), and fits a linear probe (logistic regression, 5-fold cross-validated) of the family on
-it, for all families and for every pair; and it records the policy's own first-tool distribution per family there
-(its routing before RL, without sampling). SFT writes it beside its checkpoint (probe.json): a pair the probe
-confuses (hard questions vs lookups, whose questions differ only in the attribute asked) is a pair RL will route
-alike. It runs on the driver's CPU, for a policy whose tool names are single tokens (model.word_tokens: the tiny
+it, for all families and for every pair; it records how much of that state is the family's own (`state_parts`)
+and the policy's own first-tool distribution per family there (its routing before RL, without sampling). SFT writes
+it beside its checkpoint (probe.json): a pair the probe confuses (hard questions vs lookups, whose questions differ
+only in the attribute asked) is a pair RL will route alike. It runs on the driver's CPU, for a policy whose tool names are single tokens (model.word_tokens: the tiny
 model); a large model's SFT skips it.
 """
 
@@ -38,6 +38,23 @@ def separability(states: Any, labels: list[str], folds: int = FOLDS) -> float | 
         return None
     cv = StratifiedKFold(folds, shuffle=True, random_state=0)
     return float(cross_val_score(LogisticRegression(max_iter=2000), states, labels, cv=cv).mean())
+
+
+def state_parts(states: Any, labels: list[str]) -> dict[str, float]:
+    """How much of the state is shared and how much is the family's: the norm of the mean state over all tasks
+    ("common"), the mean distance of a family's mean from it ("family"), and the mean distance of a task's state
+    from its family's mean ("spread"). GRPO's update of a tool's logit moves it for a state in proportion to that
+    state's product with the rewarded ones, so where "family" is small against "common", a tool rewarded in one
+    family gains in every family."""
+    import numpy as np
+
+    labels_ = np.array(labels)
+    common = states.mean(0)
+    means = {f: states[labels_ == f].mean(0) for f in sorted(set(labels))}
+    return {"common": float(np.linalg.norm(common)),
+            "family": float(np.mean([np.linalg.norm(m - common) for m in means.values()])),
+            "spread": float(np.mean([np.linalg.norm(states[labels_ == f] - m, axis=1).mean()
+                                     for f, m in means.items()]))}
 
 
 def prompts_to_first_tool_name(cfg: Config, tokenizer: Any, tasks: list[Task]) -> list[list[int]]:
@@ -88,7 +105,7 @@ def family_probe(cfg: Config, model_path: str, tasks: list[Task]) -> dict[str, A
                       zip(tools, probs[[i for i, g in enumerate(families) if g == f]].mean(0))} for f in names}
     return {"tasks": len(tasks), "families": dict(sorted(counts.items())),
             "accuracy": separability(states, families), "chance": max(counts.values()) / len(tasks),
-            "pairs": pairs, "first_tool": first_tool}
+            "pairs": pairs, "state": state_parts(states, families), "first_tool": first_tool}
 
 
 def describe(probe: dict[str, Any]) -> str:
@@ -97,8 +114,11 @@ def describe(probe: dict[str, Any]) -> str:
         return "n/a" if v is None else f"{v:.2f}"
 
     pairs = ", ".join(f"{pair} {pct(v)}" for pair, v in probe["pairs"].items())
+    parts = probe["state"]
     routes = "; ".join(f"{f} " + " ".join(f"{t} {p:.2f}" for t, p in sorted(mix.items(), key=lambda kv: -kv[1])[:2])
                        for f, mix in probe["first_tool"].items())
     return (f"family probe at the first tool name ({probe['tasks']} tasks, {FOLDS}-fold): all families "
             f"{pct(probe['accuracy'])} (chance {probe['chance']:.2f}); pairs: {pairs}\n"
+            f"state there: shared part {parts['common']:.2f}, a family's own part {parts['family']:.2f}, spread within "
+            f"a family {parts['spread']:.2f}\n"
             f"first tool before RL (mean probability, top two): {routes}")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from orchestra_rl.sft.probe import separability
+from orchestra_rl.sft.probe import separability, state_parts
 
 
 def test_separability_is_one_where_the_family_is_written_in_the_state_and_chance_where_it_is_not():
@@ -19,3 +19,10 @@ def test_separability_needs_every_label_in_every_fold():
     states = np.zeros((12, 4))
     assert separability(states, ["a"] * 8 + ["b"] * 4) is None  # 4 examples cannot fill 5 folds
     assert separability(states, ["a"] * 12) is None  # one label: nothing to tell apart
+
+
+def test_state_parts_are_the_shared_mean_the_families_offsets_and_the_spread_within():
+    # Every state is a shared (3, 4) plus its family's offset (+-1 on the third axis) plus +-0.5 on the fourth.
+    labels = ["hard", "hard", "lookup", "lookup"]
+    states = np.array([[3.0, 4.0, 1.0, 0.5], [3.0, 4.0, 1.0, -0.5], [3.0, 4.0, -1.0, 0.5], [3.0, 4.0, -1.0, -0.5]])
+    assert state_parts(states, labels) == {"common": 5.0, "family": 1.0, "spread": 0.5}

@@ -17,7 +17,8 @@ from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, ScriptedPolicy, demo_strategies, find_span, format_tool_call,
-                                       read_expert, read_python)
+                                       read_expert, read_python, thought)
+from orchestra_rl.types import Task
 from tests.helpers import free_port, policy_segments
 
 GROUPS = 4
@@ -86,6 +87,23 @@ def test_arguments_are_filled_from_the_question_and_the_responses(make_config, t
     assert policy._arguments(arithmetic, ("search",), 0, []) == {"query": arithmetic.question}
 
 
+THOUGHTS = {  # the question's names first, then what is asked: the words that tell the family last
+    "What is the population of Feimora?": ("Feimora",
+                                           "<think>Feimora: What is the population of?</think>\n"),
+    "How many employees do Nalzoum Systems and Jaestan Labs have in total?": (
+        "Nalzoum Systems", "Jaestan Labs",
+        "<think>Nalzoum Systems; Jaestan Labs: How many employees do and have in total?</think>\n"),
+    "What is 7809 * 22 + 184?": ("<think>What is 7809 * 22 + 184?</think>\n",),
+}
+
+
+@pytest.mark.parametrize("question", THOUGHTS)
+def test_the_thought_puts_the_names_first_and_what_is_asked_last(question):
+    *names, expected = THOUGHTS[question]
+    task = Task(task_id="t", family="lookup", question=question, answer="1", metadata={"entities": names})
+    assert thought(task) == expected
+
+
 def test_sft_think_opens_the_first_turn_with_the_question_restated_for_every_family(make_config, tiny_model_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     tasks = load_tasks(build_world(make_config().data), "train")
@@ -94,9 +112,13 @@ def test_sft_think_opens_the_first_turn_with_the_question_restated_for_every_fam
     for task in (next(t for t in tasks if t.family == f) for f in ("arithmetic", "lookup", "multihop", "hard")):
         first, later = "<|im_start|>user\n" + question_with_preference(task), "\n<tool_response>\nIt has 12.\n</tool_response>"
         turn = thinking.next_turn(first)
-        assert turn == f"<think>{task.question}</think>\n" + plain.next_turn(first)  # the same call, thought first
+        assert turn == thought(task) + plain.next_turn(first)  # the same call, thought first
         parsed = parse_tool_calls(turn)
-        assert parsed.error is None and parsed.content == f"<think>{task.question}</think>"
+        assert parsed.error is None and parsed.content == thought(task).strip()
+        # Every word of the question is in the thought, its names first.
+        assert parsed.content.startswith("<think>" + "; ".join(task.metadata.get("entities", [])))
+        words = parsed.content.removeprefix("<think>").removesuffix("</think>").split()
+        assert sorted(w.strip("?:;") for w in words) == sorted(w.strip("?") for w in task.question.split())
         assert thinking.next_turn(first + later) == plain.next_turn(first + later)  # only the first turn thinks
     # A fixed baseline's table is judged by its calls: no thought even when sft.think is set.
     baseline = ScriptedPolicy.from_config(make_config("sft.think=true"), tokenizer, tasks, demo_strategies(make_config()))

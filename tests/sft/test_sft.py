@@ -65,6 +65,8 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     assert set(probe["pairs"]) == {"arithmetic/hard", "arithmetic/lookup", "arithmetic/multihop", "hard/lookup",
                                    "hard/multihop", "lookup/multihop"}
     assert all(0.0 <= v <= 1.0 for v in probe["pairs"].values())
+    # The state there is mostly what every task shares (the same tokens right before the name).
+    assert probe["state"]["common"] > probe["state"]["family"] > 0 and probe["state"]["spread"] > 0
     for mix in probe["first_tool"].values():  # the SFT policy writes a tool name there: most of its probability
         assert 0.5 < sum(mix.values()) <= 1.0 + 1e-6, mix
     rows = [json.loads(line) for line in (out / DEMOS_FILE).read_text().splitlines()[:16]]

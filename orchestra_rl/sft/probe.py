@@ -7,8 +7,8 @@ policy's last hidden state at the position where its first call names a tool (th
 it, for all families and for every pair; it records how much of that state is the family's own (`state_parts`)
 and the policy's own first-tool distribution per family there (its routing before RL, without sampling). SFT writes
 it beside its checkpoint (probe.json): a pair the probe confuses (hard questions vs lookups, whose questions differ
-only in the attribute asked) is a pair RL will route alike. It runs on the driver's CPU, for a policy whose tool names are single tokens (model.word_tokens: the tiny
-model); a large model's SFT skips it.
+only in the attribute asked) is a pair RL will route alike. It runs on the driver's CPU, for a policy whose tool
+names are single tokens (model.word_tokens: the tiny model); a large model's SFT skips it.
 """
 
 from __future__ import annotations

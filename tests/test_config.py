@@ -120,3 +120,14 @@ def test_the_gpu_set_up_is_config_groups_alone():
     # 4 engines + 4 learners on the 8 GPUs of the node; weights broadcast over NCCL, no shared file needed.
     assert cfg.learner.num_learners + cfg.rollout.num_workers == cfg.cluster.num_gpus == 8
     assert cfg.learner.weight_sync == "collective" and cfg.rollout.engine.device == "cuda"
+
+
+def test_the_routing_experiment_is_one_override_on_top_of_the_default():
+    # The documented configuration that routes every QA family (README, docs/benchmarks.md): the QA world alone,
+    # the names-first thought, 150 asynchronous steps of 16; any key still overridable after it.
+    cfg = load_config(["+experiment=routing"])
+    assert list(cfg.env) == ["qa"] and cfg.sft.think
+    assert (cfg.train.mode, cfg.train.steps, cfg.train.tasks_per_step) == ("async", 150, 16)
+    assert load_config(["+experiment=routing", "train.steps=60", "seed=1"]).train.steps == 60
+    default = load_config()
+    assert list(default.env) == ["qa", "orders"] and not default.sft.think and default.train.steps == 20

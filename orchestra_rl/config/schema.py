@@ -323,6 +323,9 @@ class SFTConfig:
     # Demonstrations open with a thought that restates the question, its names first and what is asked last
     # (<think>...</think>, sft/scripted.thought), right before the call that chooses the tool.
     think: bool = False
+    # With think: every turn opens with that thought, not only the first, so what is asked is again the last thing
+    # before the call that decides whether a search's response already answers it (docs/benchmarks.md).
+    think_every_call: bool = False
     output_dir: str = "outputs/sft"
 
 

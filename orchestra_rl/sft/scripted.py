@@ -49,9 +49,10 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def thought(task: Task) -> str:
-    """The first turn's reasoning (sft.think), the same for every family and naming no tool: the question's entity
-    names first, then the question without them ("Feimora: What is the population of?"), so that what is asked is
-    the last thing before the call, where the policy chooses its tool. The tiny policy's state there is mostly the
+    """The reasoning that opens the first turn (sft.think; every turn with sft.think_every_call), the same for every
+    family and naming no tool: the question's entity names first, then the question without them ("Feimora: What
+    is the population of?"), so that what is asked is the last thing before the call, where the policy chooses its
+    tool. The tiny policy's state there is mostly the
     tokens right before it: with the question restated verbatim (its name last) the families stayed as confused as
     without a thought; with the names first they separate better and RL moves every family towards its own route
     (docs/benchmarks.md). A question without entities (arithmetic) is restated as it is."""
@@ -93,8 +94,8 @@ class ScriptedPolicy:
 
     def __init__(self, tokenizer: Any, tasks: list[Task], strategies: dict[str, list[tuple[str, ...]]],
                  tool_kinds: dict[str, str], answer_tool: str, seed: int = 0, group_index: int = 0,
-                 think: bool = False):
-        self.tokenizer, self.think = tokenizer, think
+                 think: bool = False, think_every_call: bool = False):
+        self.tokenizer, self.think, self.think_every_call = tokenizer, think, think_every_call
         self.tasks_by_question = {t.question: t for t in tasks}
         self.strategies, self.tool_kinds, self.answer_tool = strategies, tool_kinds, answer_tool
         self.seed, self.group_index = seed, group_index
@@ -103,12 +104,12 @@ class ScriptedPolicy:
     @classmethod
     def from_config(cls, cfg: Config, tokenizer: Any, tasks: list[Task],
                     strategies: dict[str, list[tuple[str, ...]]] | None = None) -> "ScriptedPolicy":
-        """The demonstrator (strategies: demo_strategies; it thinks if sft.think), or a fixed baseline's strategy
+        """The demonstrator (strategies: demo_strategies; it thinks as sft.think[_every_call] say), or a fixed baseline's strategy
         table (eval; no thought: a baseline is judged by its calls)."""
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
         answer_tool = next(name for name, kind in enabled.items() if kind == "answer")  # validate() ensures one
         policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed,
-                     think=cfg.sft.think and strategies is None)
+                     think=cfg.sft.think and strategies is None, think_every_call=cfg.sft.think_every_call)
         policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}
         return policy
 
@@ -138,7 +139,8 @@ class ScriptedPolicy:
         task = self.task_in(context)
         responses = _RESPONSE.findall(context)
         name, arguments = self.next_call(task, responses)
-        return (thought(task) if self.think and not responses else "") + format_tool_call(name, arguments)
+        thinks = self.think and (self.think_every_call or not responses)
+        return (thought(task) if thinks else "") + format_tool_call(name, arguments)
 
     def task_in(self, context: str) -> Task:
         # The longest question in the context: the task's own (the policy's calls may repeat it; no tool

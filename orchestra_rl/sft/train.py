@@ -31,6 +31,8 @@ import ray
 from orchestra_rl.config import Config, env_sources
 from orchestra_rl.data.world import load_tasks
 from orchestra_rl.models.tiny import PRETRAIN_FILE, resolve_model_path
+from orchestra_rl.sft.after_search import after_search
+from orchestra_rl.sft.after_search import describe as describe_after_search
 from orchestra_rl.sft.demos import (demo_mix, environment_demos, generate_demos, tools_system,
                                     write_environment_demos)
 from orchestra_rl.sft.probe import describe as describe_probe
@@ -42,7 +44,9 @@ DEMOS_FILE = "demos.jsonl"
 ENV_DEMOS_FILE = "env_demos.jsonl"  # the environments' golden replays (sft/demos.environment_demos)
 METRICS_FILE = "metrics.jsonl"  # one row per epoch: epoch, loss (mean over the epoch's policy tokens), ...
 DRILLS_FILE = "drills.json"  # the base's held-out drills before and after SFT (report_kept_skills)
-PROBE_FILE = "probe.json"  # the family probe of the SFT policy at its first tool name (sft/probe.py)
+# The family probe of the SFT policy at its first tool name (sft/probe.py), and its next call after a lookup's
+# search ("after_search": sft/after_search.py).
+PROBE_FILE = "probe.json"
 
 
 def run_sft(cfg: Config) -> str:
@@ -85,9 +89,13 @@ def run_sft(cfg: Config) -> str:
     if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words
         report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
     if qa and cfg.model.word_tokens:  # the probe reads the tool names' tokens, on this process's CPU (sft/probe.py)
-        probe = family_probe(cfg, checkpoint, load_tasks(world_dir, "train") + load_tasks(world_dir, "test"))
-        (out_dir / PROBE_FILE).write_text(json.dumps(probe, indent=1) + "\n")
+        tasks = load_tasks(world_dir, "train") + load_tasks(world_dir, "test")
+        probe = family_probe(cfg, checkpoint, tasks)
         print(f"sft: {describe_probe(probe)}")
+        probe["after_search"] = after_search(cfg, checkpoint, world_dir, tasks)  # sft/after_search.py
+        if probe["after_search"]:
+            print(f"sft: {describe_after_search(probe['after_search'])}")
+        (out_dir / PROBE_FILE).write_text(json.dumps(probe, indent=1) + "\n")
     return checkpoint
 
 

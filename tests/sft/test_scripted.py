@@ -120,6 +120,14 @@ def test_sft_think_opens_the_first_turn_with_the_question_restated_for_every_fam
         words = parsed.content.removeprefix("<think>").removesuffix("</think>").split()
         assert sorted(w.strip("?:;") for w in words) == sorted(w.strip("?") for w in task.question.split())
         assert thinking.next_turn(first + later) == plain.next_turn(first + later)  # only the first turn thinks
+    # With sft.think_every_call the later turns open with the same thought, right before the call that decides
+    # whether to answer.
+    every = ScriptedPolicy.from_config(make_config("sft.think=true", "sft.think_every_call=true"), tokenizer, tasks)
+    for task in tasks[:8]:
+        first = "<|im_start|>user\n" + question_with_preference(task)
+        later = "\n<tool_response>\nIt has 12.\n</tool_response>"
+        for context in (first, first + later, first + later * 2):
+            assert every.next_turn(context) == thought(task) + plain.next_turn(context)
     # A fixed baseline's table is judged by its calls: no thought even when sft.think is set.
     baseline = ScriptedPolicy.from_config(make_config("sft.think=true"), tokenizer, tasks, demo_strategies(make_config()))
     assert not baseline.next_turn("<|im_start|>user\n" + tasks[0].question).startswith("<think>")

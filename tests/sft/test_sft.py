@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from orchestra_rl.models.tiny import PRETRAIN_FILE
 from orchestra_rl.sft.replay import replay_samples
 from orchestra_rl.data.world import build_world, load_tasks
+from orchestra_rl.sft.after_search import contexts_after_search
 from orchestra_rl.sft.probe import prompts_to_first_tool_name
+from orchestra_rl.tools.search import SearchTool
 from orchestra_rl.sft.train import (DEMOS_FILE, DRILLS_FILE, ENV_DEMOS_FILE, METRICS_FILE, PROBE_FILE,
                                     masked_nll_sum)
 from tests.conftest import SFT_EPOCHS, SFT_OVERRIDES, SFT_REPLAY_DRILLS
@@ -69,6 +71,24 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     assert probe["state"]["common"] > probe["state"]["family"] > 0 and probe["state"]["spread"] > 0
     for mix in probe["first_tool"].values():  # the SFT policy writes a tool name there: most of its probability
         assert 0.5 < sum(mix.values()) <= 1.0 + 1e-6, mix
+    # After a lookup's search: the fact is in the search's response for every lookup of the world (BM25 over the
+    # world's own passages), and each lookup's next call is counted once.
+    found = probe["after_search"]
+    assert found["tasks"] == 8 and found["fact_in_response"] == 1.0
+    assert sum(found["next_tool"].values()) == 8 and set(found["next_tool"]) <= set(probe["first_tool"]["lookup"]) | {"none"}
+    assert 0.0 <= found["right_as_is"] <= 1.0 and 0.0 <= found["right_forced"] <= 1.0
+    assert sum(sum(a["next_tool"].values()) for a in found["by_attribute"].values()) == 8
+    # Its context is a search-first lookup demonstration's, up to the policy's second turn.
+    cfg = make_config()
+    search = SearchTool("search", cfg.tools.tools["search"], world)
+    demos = [json.loads(line) for line in (out / DEMOS_FILE).read_text().splitlines()]
+    searched = [d for d in demos if d["family"] == "lookup" and d["strategy"] == "search"]
+    assert searched
+    for demo in searched:
+        ((ids, response),) = contexts_after_search(cfg, tokenizer, [tasks[demo["task_id"]]], search, "search")
+        assert demo["token_ids"][:len(ids)] == ids and response in tokenizer.decode(ids)
+        assert demo["loss_mask"][len(ids)] == 1  # the next token is the policy's own: its second turn
+
     rows = [json.loads(line) for line in (out / DEMOS_FILE).read_text().splitlines()[:16]]
     prompts = prompts_to_first_tool_name(make_config(), tokenizer, [tasks[row["task_id"]] for row in rows])
     for row, ids in zip(rows, prompts):

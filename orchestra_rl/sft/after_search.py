@@ -1,0 +1,113 @@
+"""Does the warm-started policy answer a lookup once its search has returned the fact? A cheap check of the decision
+after the first call.
+
+The family probe (sft/probe.py) reads the first call; a lookup is not solved there but one call later, where the
+policy has a search's passages in front of it and either answers from them or calls another tool. For every lookup
+of the world this builds the context a search-first rollout has at that point (the task's prompt, the
+demonstrations' first turn: thought with sft.think, then the search for the question; the real BM25 response), and
+decodes greedily: which tool the policy calls next, whether its answer is right as it stands, and whether it reads
+the fact right when the answer call is forced (the call's opening written for it). Lookups that search again
+although they could read the answer lose cost and turns; RL rewards a second search for multihop questions,
+which ask for the same attributes. SFT writes it into probe.json ("after_search"); like the family probe it runs
+on the driver's CPU, for the tiny model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from orchestra_rl.config import Config
+from orchestra_rl.data.reading import find_span, search_query
+from orchestra_rl.envs.qa import question_with_preference
+from orchestra_rl.reward.outcome import exact_match
+from orchestra_rl.rollout.chat import ChatFormat
+from orchestra_rl.rollout.parser import parse_tool_calls
+from orchestra_rl.sft.scripted import format_tool_call, thought
+from orchestra_rl.tools.registry import config_schemas
+from orchestra_rl.tools.search import SearchTool
+from orchestra_rl.types import Task
+
+_ANSWER_MARK = "ANSWERMARK"  # cut a rendered answer call where its answer starts
+MAX_NEW_TOKENS = 64  # a thought and one call
+
+
+def tool_of_kind(cfg: Config, kind: str) -> str | None:
+    return next((name for name, t in cfg.tools.tools.items() if t.enabled and t.kind == kind), None)
+
+
+def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search: SearchTool,
+                          search_tool: str) -> list[tuple[list[int], str]]:
+    """Per lookup, (the tokens a search-first rollout holds when the search's response is in, that response)."""
+    chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, config_schemas(cfg.tools))
+    out = []
+    for task in tasks:
+        query = search_query(task, 0)
+        first_turn = (thought(task) if cfg.sft.think else "") + format_tool_call(search_tool, {"query": query})
+        response = search.bm25(query)
+        ids = (chat.prompt_ids(question_with_preference(task)) + tokenizer.encode(first_turn, add_special_tokens=False)
+               + chat.continuation_ids([response], ended_with_eos=False))
+        out.append((ids, response))
+    return out
+
+
+def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: list[Task]) -> dict[str, Any] | None:
+    """Over the lookups among `tasks`: the share whose fact the response holds, the next tool's counts, the share
+    answered right as decoded, and the share read right with the answer call forced; per attribute asked the same.
+    None when the world has no lookup, or the configured tools no local search or no answer tool."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lookups = [t for t in tasks if t.family == "lookup"]
+    search_tool, answer_tool = tool_of_kind(cfg, "search"), tool_of_kind(cfg, "answer")
+    if not lookups or search_tool is None or answer_tool is None or cfg.tools.tools[search_tool].backend != "bm25":
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    search = SearchTool(search_tool, cfg.tools.tools[search_tool], world_dir)
+    close = tokenizer.encode("</tool_call>", add_special_tokens=False)
+    call = format_tool_call(answer_tool, {"answer": _ANSWER_MARK})
+    answer_opening = call[:call.index(_ANSWER_MARK)]
+
+    def decode(ids: list[int]) -> str:
+        # The attention mask given: inferred, it would mask the context's end-of-turn tokens (pad = eos).
+        inputs = torch.tensor([ids])
+        with torch.no_grad():
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
+                                 do_sample=False, eos_token_id=close[-1], pad_token_id=tokenizer.eos_token_id)
+        return tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
+
+    def answer_of(text: str) -> str | None:
+        calls = parse_tool_calls(text).calls
+        return str(calls[0].arguments.get("answer")) if calls and calls[0].name == answer_tool else None
+
+    rows = defaultdict(list)  # attribute -> (fact in response, next tool, right as is, right forced)
+    for task, (ids, response) in zip(lookups, contexts_after_search(cfg, tokenizer, lookups, search, search_tool)):
+        text = decode(ids)
+        calls = parse_tool_calls(text).calls
+        next_tool = calls[0].name if calls else "none"
+        answered = answer_of(text)
+        opening = (thought(task) if cfg.sft.think_every_call else "") + answer_opening
+        forced = answer_of(opening + decode(ids + tokenizer.encode(opening, add_special_tokens=False)))
+        rows[task.metadata.get("attributes", ["?"])[0]].append((
+            find_span(response, task.answer) is not None, next_tool,
+            answered is not None and exact_match(answered, task.answer) == 1.0,
+            forced is not None and exact_match(forced, task.answer) == 1.0))
+    return {"tasks": len(lookups), **summary([r for rs in rows.values() for r in rs]),
+            "by_attribute": {a: summary(rs) for a, rs in sorted(rows.items())}}
+
+
+def summary(rows: list[tuple[bool, str, bool, bool]]) -> dict[str, Any]:
+    n = len(rows)
+    return {"fact_in_response": sum(r[0] for r in rows) / n,
+            "next_tool": dict(Counter(r[1] for r in rows).most_common()),
+            "right_as_is": sum(r[2] for r in rows) / n, "right_forced": sum(r[3] for r in rows) / n}
+
+
+def describe(found: dict[str, Any]) -> str:
+    """One line for the console."""
+    calls = ", ".join(f"{tool} {count}" for tool, count in found["next_tool"].items())
+    return (f"after a lookup's search ({found['tasks']} lookups, the fact in {found['fact_in_response']:.2f} of the "
+            f"responses): next call {calls}; right as decoded {found['right_as_is']:.2f}, with the answer call "
+            f"forced {found['right_forced']:.2f}")

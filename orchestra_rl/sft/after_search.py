@@ -5,7 +5,7 @@ The family probe (sft/probe.py) reads the first call; a lookup is not solved the
 policy has a search's passages in front of it and either answers from them or calls another tool. For every lookup
 of the world this builds the context a search-first rollout has at that point (the task's prompt, the
 demonstrations' first turn: thought with sft.think, then the search for the question; the real BM25 response), and
-decodes greedily: which tool the policy calls next, whether its answer is right as it stands, and whether it reads
+decodes greedily (a rollout's turn at most): which tool the policy calls next, whether its answer is right as it stands, and whether it reads
 the fact right when the answer call is forced (the call's opening written for it). Lookups that search again
 although they could read the answer lose cost and turns; RL rewards a second search for multihop questions,
 which ask for the same attributes. SFT writes it into probe.json ("after_search"); like the family probe it runs
@@ -30,7 +30,6 @@ from orchestra_rl.tools.search import SearchTool
 from orchestra_rl.types import Task
 
 _ANSWER_MARK = "ANSWERMARK"  # cut a rendered answer call where its answer starts
-MAX_NEW_TOKENS = 64  # a thought and one call
 
 
 def tool_of_kind(cfg: Config, kind: str) -> str | None:
@@ -55,11 +54,12 @@ def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search
 def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: list[Task]) -> dict[str, Any] | None:
     """Over the lookups among `tasks`: the share whose fact the response holds, the next tool's counts, the share
     answered right as decoded, and the share read right with the answer call forced; per attribute asked the same.
+    Beside it the next tool after a multihop question's first search (the best strategy searches again there).
     None when the world has no lookup, or the configured tools no local search or no answer tool."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    lookups = [t for t in tasks if t.family == "lookup"]
+    lookups, multihops = ([t for t in tasks if t.family == family] for family in ("lookup", "multihop"))
     search_tool, answer_tool = tool_of_kind(cfg, "search"), tool_of_kind(cfg, "answer")
     if not lookups or search_tool is None or answer_tool is None or cfg.tools.tools[search_tool].backend != "bm25":
         return None
@@ -74,28 +74,32 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
         # The attention mask given: inferred, it would mask the context's end-of-turn tokens (pad = eos).
         inputs = torch.tensor([ids])
         with torch.no_grad():
-            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=MAX_NEW_TOKENS,
-                                 do_sample=False, eos_token_id=close[-1], pad_token_id=tokenizer.eos_token_id)
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs),
+                                 max_new_tokens=cfg.rollout.max_tokens_per_turn, do_sample=False,
+                                 eos_token_id=close[-1], pad_token_id=tokenizer.eos_token_id)
         return tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
 
-    def answer_of(text: str) -> str | None:
+    def first_call(text: str) -> tuple[str, str | None]:
+        """(the tool called, or "none"; the answer if it is the answer tool)"""
         calls = parse_tool_calls(text).calls
-        return str(calls[0].arguments.get("answer")) if calls and calls[0].name == answer_tool else None
+        if not calls:
+            return "none", None
+        return calls[0].name, str(calls[0].arguments.get("answer")) if calls[0].name == answer_tool else None
 
     rows = defaultdict(list)  # attribute -> (fact in response, next tool, right as is, right forced)
     for task, (ids, response) in zip(lookups, contexts_after_search(cfg, tokenizer, lookups, search, search_tool)):
-        text = decode(ids)
-        calls = parse_tool_calls(text).calls
-        next_tool = calls[0].name if calls else "none"
-        answered = answer_of(text)
+        next_tool, answered = first_call(decode(ids))
         opening = (thought(task) if cfg.sft.think_every_call else "") + answer_opening
-        forced = answer_of(opening + decode(ids + tokenizer.encode(opening, add_special_tokens=False)))
+        _, forced = first_call(opening + decode(ids + tokenizer.encode(opening, add_special_tokens=False)))
         rows[task.metadata.get("attributes", ["?"])[0]].append((
             find_span(response, task.answer) is not None, next_tool,
             answered is not None and exact_match(answered, task.answer) == 1.0,
             forced is not None and exact_match(forced, task.answer) == 1.0))
+    multihop_next = Counter(first_call(decode(ids))[0]
+                            for ids, _ in contexts_after_search(cfg, tokenizer, multihops, search, search_tool))
     return {"tasks": len(lookups), **summary([r for rs in rows.values() for r in rs]),
-            "by_attribute": {a: summary(rs) for a, rs in sorted(rows.items())}}
+            "by_attribute": {a: summary(rs) for a, rs in sorted(rows.items())},
+            "multihop": {"tasks": len(multihops), "next_tool": dict(multihop_next.most_common())}}
 
 
 def summary(rows: list[tuple[bool, str, bool, bool]]) -> dict[str, Any]:
@@ -107,7 +111,10 @@ def summary(rows: list[tuple[bool, str, bool, bool]]) -> dict[str, Any]:
 
 def describe(found: dict[str, Any]) -> str:
     """One line for the console."""
-    calls = ", ".join(f"{tool} {count}" for tool, count in found["next_tool"].items())
+    def counts(next_tool: dict[str, int]) -> str:
+        return ", ".join(f"{tool} {count}" for tool, count in next_tool.items()) or "-"
+
     return (f"after a lookup's search ({found['tasks']} lookups, the fact in {found['fact_in_response']:.2f} of the "
-            f"responses): next call {calls}; right as decoded {found['right_as_is']:.2f}, with the answer call "
-            f"forced {found['right_forced']:.2f}")
+            f"responses): next call {counts(found['next_tool'])}; right as decoded {found['right_as_is']:.2f}, with "
+            f"the answer call forced {found['right_forced']:.2f}; after a multihop question's first search: next call "
+            f"{counts(found['multihop']['next_tool'])}")

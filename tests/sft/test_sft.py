@@ -78,6 +78,7 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     assert sum(found["next_tool"].values()) == 8 and set(found["next_tool"]) <= set(probe["first_tool"]["lookup"]) | {"none"}
     assert 0.0 <= found["right_as_is"] <= 1.0 and 0.0 <= found["right_forced"] <= 1.0
     assert sum(sum(a["next_tool"].values()) for a in found["by_attribute"].values()) == 8
+    assert found["multihop"]["tasks"] == 8 and sum(found["multihop"]["next_tool"].values()) == 8
     # Its context is a search-first lookup demonstration's, up to the policy's second turn.
     cfg = make_config()
     search = SearchTool("search", cfg.tools.tools["search"], world)

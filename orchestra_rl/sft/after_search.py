@@ -5,11 +5,12 @@ The family probe (sft/probe.py) reads the first call; a lookup is not solved the
 policy has a search's passages in front of it and either answers from them or calls another tool. For every lookup
 of the world this builds the context a search-first rollout has at that point (the task's prompt, the
 demonstrations' first turn: thought with sft.think, then the search for the question; the real BM25 response), and
-decodes greedily (a rollout's turn at most): which tool the policy calls next, whether its answer is right as it stands, and whether it reads
-the fact right when the answer call is forced (the call's opening written for it). Lookups that search again
-although they could read the answer lose cost and turns; RL rewards a second search for multihop questions,
-which ask for the same attributes. SFT writes it into probe.json ("after_search"); like the family probe it runs
-on the driver's CPU, for the tiny model.
+decodes greedily (a rollout's turn at most): which tool the policy calls next, whether its answer is right as it
+stands, and whether it reads the fact right when the answer call is forced (the call's opening written for it).
+Multihop questions ask for the same attributes and their best strategy searches again there: beside the lookups,
+their next call after their first search, and, as the family probe does at the first call, how far the policy's
+state where it names the next tool tells the two families apart. SFT writes it into probe.json ("after_search");
+like the family probe it runs on the driver's CPU, for the tiny model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from orchestra_rl.envs.qa import question_with_preference
 from orchestra_rl.reward.outcome import exact_match
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.parser import parse_tool_calls
+from orchestra_rl.sft.probe import pct, separability, state_parts, tool_name_states, up_to_tool_name
 from orchestra_rl.sft.scripted import format_tool_call, thought
 from orchestra_rl.tools.registry import config_schemas
 from orchestra_rl.tools.search import SearchTool
@@ -54,8 +56,9 @@ def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search
 def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: list[Task]) -> dict[str, Any] | None:
     """Over the lookups among `tasks`: the share whose fact the response holds, the next tool's counts, the share
     answered right as decoded, and the share read right with the answer call forced; per attribute asked the same.
-    Beside it the next tool after a multihop question's first search (the best strategy searches again there).
-    None when the world has no lookup, or the configured tools no local search or no answer tool."""
+    Beside it the next tool after a multihop question's first search (the best strategy searches again there), and
+    at the next call's tool name a probe of lookup vs multihop with the state's parts and tool probabilities
+    ("next_tool_name"). None when the world has no lookup, or the configured tools no local search or no answer tool."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,8 +89,10 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
             return "none", None
         return calls[0].name, str(calls[0].arguments.get("answer")) if calls[0].name == answer_tool else None
 
+    lookup_contexts = contexts_after_search(cfg, tokenizer, lookups, search, search_tool)
+    multihop_contexts = contexts_after_search(cfg, tokenizer, multihops, search, search_tool)
     rows = defaultdict(list)  # attribute -> (fact in response, next tool, right as is, right forced)
-    for task, (ids, response) in zip(lookups, contexts_after_search(cfg, tokenizer, lookups, search, search_tool)):
+    for task, (ids, response) in zip(lookups, lookup_contexts):
         next_tool, answered = first_call(decode(ids))
         opening = (thought(task) if cfg.sft.think_every_call else "") + answer_opening
         _, forced = first_call(opening + decode(ids + tokenizer.encode(opening, add_special_tokens=False)))
@@ -95,11 +100,24 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
             find_span(response, task.answer) is not None, next_tool,
             answered is not None and exact_match(answered, task.answer) == 1.0,
             forced is not None and exact_match(forced, task.answer) == 1.0))
-    multihop_next = Counter(first_call(decode(ids))[0]
-                            for ids, _ in contexts_after_search(cfg, tokenizer, multihops, search, search_tool))
+    multihop_next = Counter(first_call(decode(ids))[0] for ids, _ in multihop_contexts)
+
+    # Where the next call names its tool: RL can answer lookups and search again for multihop questions only as far
+    # as the policy's state there tells the two apart (the family probe's reading, sft/probe.py).
+    both = lookups + multihops
+    prompts = [ids + tokenizer.encode((thought(task) if cfg.sft.think_every_call else "") + up_to_tool_name(),
+                                      add_special_tokens=False)
+               for task, (ids, _) in zip(both, lookup_contexts + multihop_contexts)]
+    states, probs, tools = tool_name_states(cfg, model, tokenizer, prompts)
+    families = [task.family for task in both]
+    next_name = {"lookup/multihop": separability(states, families), "state": state_parts(states, families),
+                 "tool": {f: {tool: round(float(p), 4) for tool, p in
+                              zip(tools, probs[[i for i, g in enumerate(families) if g == f]].mean(0))}
+                          for f in ("lookup", "multihop") if f in families}}
     return {"tasks": len(lookups), **summary([r for rs in rows.values() for r in rs]),
             "by_attribute": {a: summary(rs) for a, rs in sorted(rows.items())},
-            "multihop": {"tasks": len(multihops), "next_tool": dict(multihop_next.most_common())}}
+            "multihop": {"tasks": len(multihops), "next_tool": dict(multihop_next.most_common())},
+            "next_tool_name": next_name}
 
 
 def summary(rows: list[tuple[bool, str, bool, bool]]) -> dict[str, Any]:
@@ -117,4 +135,5 @@ def describe(found: dict[str, Any]) -> str:
     return (f"after a lookup's search ({found['tasks']} lookups, the fact in {found['fact_in_response']:.2f} of the "
             f"responses): next call {counts(found['next_tool'])}; right as decoded {found['right_as_is']:.2f}, with "
             f"the answer call forced {found['right_forced']:.2f}; after a multihop question's first search: next call "
-            f"{counts(found['multihop']['next_tool'])}")
+            f"{counts(found['multihop']['next_tool'])}; at the next tool's name a probe tells lookups from multihop "
+            f"questions {pct(found['next_tool_name']['lookup/multihop'])}")

@@ -63,27 +63,38 @@ def prompts_to_first_tool_name(cfg: Config, tokenizer: Any, tasks: list[Task]) -
     from orchestra_rl.envs.qa import question_with_preference
 
     chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, config_schemas(cfg.tools))
-    call = format_tool_call(_NAME_MARK, {})
-    up_to_name = call[:call.index(_NAME_MARK)]
     return [chat.prompt_ids(question_with_preference(task))
-            + tokenizer.encode((thought(task) if cfg.sft.think else "") + up_to_name, add_special_tokens=False)
+            + tokenizer.encode((thought(task) if cfg.sft.think else "") + up_to_tool_name(), add_special_tokens=False)
             for task in tasks]
+
+
+def up_to_tool_name() -> str:
+    """A tool call as the demonstrations write it (ToolCall.render), cut where the tool's name starts."""
+    call = format_tool_call(_NAME_MARK, {})
+    return call[:call.index(_NAME_MARK)]
 
 
 def first_tool_states(cfg: Config, model_path: str, tasks: list[Task]) -> tuple[Any, Any, list[str]]:
     """(states n x hidden, tool probabilities n x tools, the tool words) at each task's first tool-name position."""
-    import numpy as np
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    return tool_name_states(cfg, model, tokenizer, prompts_to_first_tool_name(cfg, tokenizer, tasks))
+
+
+def tool_name_states(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[int]]) -> tuple[Any, Any, list[str]]:
+    """(states n x hidden, tool probabilities n x tools, the tool words) at the end of each prompt: where the
+    policy writes a tool's name."""
+    import numpy as np
+    import torch
+
     # The enabled tools whose names are single tokens (model.word_tokens): their probability is the name's.
     tools = [name for name, tool in cfg.tools.tools.items() if tool.enabled and name in cfg.model.word_tokens]
     tool_ids = tokenizer.convert_tokens_to_ids(tools)
     states, probs = [], []
     with torch.no_grad():
-        for ids in prompts_to_first_tool_name(cfg, tokenizer, tasks):
+        for ids in prompts:
             out = model(torch.tensor([ids]), output_hidden_states=True)
             states.append(out.hidden_states[-1][0, -1].float().numpy())
             probs.append(torch.softmax(out.logits[0, -1].float(), -1)[tool_ids].numpy())
@@ -108,11 +119,13 @@ def family_probe(cfg: Config, model_path: str, tasks: list[Task]) -> dict[str, A
             "pairs": pairs, "state": state_parts(states, families), "first_tool": first_tool}
 
 
+def pct(v: float | None) -> str:
+    """A share for the console; n/a where the probe had too few examples."""
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def describe(probe: dict[str, Any]) -> str:
     """One line per finding, for the console."""
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
-
     pairs = ", ".join(f"{pair} {pct(v)}" for pair, v in probe["pairs"].items())
     parts = probe["state"]
     routes = "; ".join(f"{f} " + " ".join(f"{t} {p:.2f}" for t, p in sorted(mix.items(), key=lambda kv: -kv[1])[:2])

@@ -104,8 +104,8 @@ class ScriptedPolicy:
     @classmethod
     def from_config(cls, cfg: Config, tokenizer: Any, tasks: list[Task],
                     strategies: dict[str, list[tuple[str, ...]]] | None = None) -> "ScriptedPolicy":
-        """The demonstrator (strategies: demo_strategies; it thinks as sft.think[_every_call] say), or a fixed baseline's strategy
-        table (eval; no thought: a baseline is judged by its calls)."""
+        """The demonstrator (strategies: demo_strategies; it thinks as sft.think and sft.think_every_call say), or a
+        fixed baseline's strategy table (eval; no thought: a baseline is judged by its calls)."""
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
         answer_tool = next(name for name, kind in enabled.items() if kind == "answer")  # validate() ensures one
         policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed,

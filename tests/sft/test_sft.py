@@ -75,10 +75,16 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
     # world's own passages), and each lookup's next call is counted once.
     found = probe["after_search"]
     assert found["tasks"] == 8 and found["fact_in_response"] == 1.0
-    assert sum(found["next_tool"].values()) == 8 and set(found["next_tool"]) <= set(probe["first_tool"]["lookup"]) | {"none"}
+    tool_words = set(probe["first_tool"]["lookup"])
+    assert sum(found["next_tool"].values()) == 8 and set(found["next_tool"]) <= tool_words | {"none"}
     assert 0.0 <= found["right_as_is"] <= 1.0 and 0.0 <= found["right_forced"] <= 1.0
     assert sum(sum(a["next_tool"].values()) for a in found["by_attribute"].values()) == 8
     assert found["multihop"]["tasks"] == 8 and sum(found["multihop"]["next_tool"].values()) == 8
+    # At the next call's tool name: the probe of lookup vs multihop, and the policy's tool distribution there.
+    second = found["next_tool_name"]
+    assert 0.0 <= second["lookup/multihop"] <= 1.0 and second["state"]["common"] > second["state"]["family"] > 0
+    assert set(second["tool"]) == {"lookup", "multihop"}
+    assert all(set(mix) == tool_words and 0.5 < sum(mix.values()) <= 1.0 + 1e-6 for mix in second["tool"].values())
     # Its context is a search-first lookup demonstration's, up to the policy's second turn.
     cfg = make_config()
     search = SearchTool("search", cfg.tools.tools["search"], world)

@@ -133,6 +133,32 @@ def _synthesize(cfg: Config) -> int:
     return 0
 
 
+def _probe(cfg: Config, out: str | None) -> int:
+    """`probe`: sft/train.probe_policy on the configured policy; no Ray (the driver's CPU)."""
+    import json
+    from pathlib import Path
+
+    from orchestra_rl.config import env_sources
+    from orchestra_rl.data.world import build_world
+    from orchestra_rl.models.tiny import resolve_model_path
+    from orchestra_rl.sft.train import probe_policy
+
+    if not any(source.kind == "qa" for source in env_sources(cfg).values()) or not cfg.model.word_tokens:
+        print("probe: needs the QA world among env and a policy whose tool names are tokens (model.word_tokens)",
+              file=sys.stderr)
+        return 2
+    try:
+        model_path = resolve_model_path(cfg)
+    except FileNotFoundError as e:
+        print(f"probe: {e}", file=sys.stderr)
+        return 2
+    found = probe_policy(cfg, model_path, build_world(cfg.data), prefix="")
+    if out:
+        Path(out).write_text(json.dumps(found, indent=1) + "\n")
+        print(f"written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orchestra-rl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("paths", nargs="+", help="train_report.json files or folders holding them (multirun/...)")
     report.add_argument("--plot", help="where to write the accuracy-vs-$ Pareto plot of the runs (PNG; default: "
                                        "pareto.png in the first path's folder)")
+    probe = sub.add_parser("probe", help="where the policy (model.path; default the tiny model) chooses its tools: "
+                                          "the family probe at its first call and its next call behind a lookup's "
+                                          "search, over the QA world's tasks (the SFT's probe.json, for any checkpoint)")
+    probe.add_argument("--out", help="also write the findings there as JSON")
+    probe.add_argument("overrides", nargs="*")
     sandbox = sub.add_parser("sandbox", help="run one Python snippet in the python tool's sandbox, with its "
                                               "configured limits (tools.tools.python.*); prints the JSON result")
     sandbox.add_argument("-c", dest="code", required=True, help="the code to run")
@@ -197,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             print("sandbox: no tool named 'python' of kind python in tools.tools, whose limits to use", file=sys.stderr)
             return 2
         return sandbox_main(args.code, python_tool)
+    elif args.command == "probe":
+        return _probe(cfg, args.out)
     elif args.command == "data" and args.action == "synthesize":
         return _synthesize(cfg)
     elif args.command == "data":

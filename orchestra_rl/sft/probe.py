@@ -134,4 +134,4 @@ def describe(probe: dict[str, Any]) -> str:
             f"{pct(probe['accuracy'])} (chance {probe['chance']:.2f}); pairs: {pairs}\n"
             f"state there: shared part {parts['common']:.2f}, a family's own part {parts['family']:.2f}, spread within "
             f"a family {parts['spread']:.2f}\n"
-            f"first tool before RL (mean probability, top two): {routes}")
+            f"first tool, mean probability (top two): {routes}")

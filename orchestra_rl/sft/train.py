@@ -88,15 +88,23 @@ def run_sft(cfg: Config) -> str:
     pretrained = Path(model_path) / PRETRAIN_FILE
     if pretrained.is_file() and cfg.model.word_tokens:  # the drills are calls to the tool words
         report_kept_skills(cfg, json.loads(pretrained.read_text()), checkpoint, out_dir)
-    if qa and cfg.model.word_tokens:  # the probe reads the tool names' tokens, on this process's CPU (sft/probe.py)
-        tasks = load_tasks(world_dir, "train") + load_tasks(world_dir, "test")
-        probe = family_probe(cfg, checkpoint, tasks)
-        print(f"sft: {describe_probe(probe)}")
-        probe["after_search"] = after_search(cfg, checkpoint, world_dir, tasks)  # sft/after_search.py
-        if probe["after_search"]:
-            print(f"sft: {describe_after_search(probe['after_search'])}")
-        (out_dir / PROBE_FILE).write_text(json.dumps(probe, indent=1) + "\n")
+    if qa and cfg.model.word_tokens:  # the probe reads the tool names' tokens
+        (out_dir / PROBE_FILE).write_text(json.dumps(probe_policy(cfg, checkpoint, world_dir), indent=1) + "\n")
     return checkpoint
+
+
+def probe_policy(cfg: Config, model_path: str, world_dir: str | Path, prefix: str = "sft: ") -> dict[str, Any]:
+    """Where the policy chooses its tools, over every QA task of the world: the family probe at its first tool name
+    (sft/probe.py) and its next call behind a lookup's search ("after_search", sft/after_search.py), each printed.
+    On this process's CPU, for a policy whose tool names are tokens (model.word_tokens): after SFT, and for any
+    checkpoint through `orchestra-rl probe`."""
+    tasks = load_tasks(world_dir, "train") + load_tasks(world_dir, "test")
+    probe = family_probe(cfg, model_path, tasks)
+    print(f"{prefix}{describe_probe(probe)}")
+    probe["after_search"] = after_search(cfg, model_path, world_dir, tasks)
+    if probe["after_search"]:
+        print(f"{prefix}{describe_after_search(probe['after_search'])}")
+    return probe
 
 
 def report_kept_skills(cfg: Config, base: dict[str, Any], checkpoint: str, out_dir: Path) -> None:

@@ -40,7 +40,7 @@ def tool_of_kind(cfg: Config, kind: str) -> str | None:
 
 def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search: SearchTool,
                           search_tool: str) -> list[tuple[list[int], str]]:
-    """Per lookup, (the tokens a search-first rollout holds when the search's response is in, that response)."""
+    """Per task, (the tokens a search-first rollout holds when its first search's response is in, that response)."""
     chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, config_schemas(cfg.tools))
     out = []
     for task in tasks:

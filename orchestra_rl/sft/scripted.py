@@ -52,10 +52,10 @@ def thought(task: Task) -> str:
     """The reasoning that opens the first turn (sft.think; every turn with sft.think_every_call), the same for every
     family and naming no tool: the question's entity names first, then the question without them ("Feimora: What
     is the population of?"), so that what is asked is the last thing before the call, where the policy chooses its
-    tool. The tiny policy's state there is mostly the
-    tokens right before it: with the question restated verbatim (its name last) the families stayed as confused as
-    without a thought; with the names first they separate better and RL moves every family towards its own route
-    (docs/benchmarks.md). A question without entities (arithmetic) is restated as it is."""
+    tool. The tiny policy's state there is mostly the tokens right before it: with the question restated verbatim
+    (its name last) the families stayed as confused as without a thought; with the names first they separate better
+    and RL moves every family towards its own route (docs/benchmarks.md). A question without entities (arithmetic)
+    is restated as it is."""
     names = task.metadata.get("entities", [])
     asked = task.question
     for name in names:

@@ -22,7 +22,7 @@ from typing import Any
 from orchestra_rl.config import Config
 from orchestra_rl.data.reading import find_span, search_query
 from orchestra_rl.envs.qa import question_with_preference
-from orchestra_rl.reward.outcome import exact_match
+from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.probe import pct, separability, state_parts, tool_name_states, up_to_tool_name
@@ -98,8 +98,7 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
         _, forced = first_call(opening + decode(ids + tokenizer.encode(opening, add_special_tokens=False)))
         rows[task.metadata.get("attributes", ["?"])[0]].append((
             find_span(response, task.answer) is not None, next_tool,
-            answered is not None and exact_match(answered, task.answer) == 1.0,
-            forced is not None and exact_match(forced, task.answer) == 1.0))
+            is_correct(answered, task.answer, task.family), is_correct(forced, task.answer, task.family)))
     multihop_next = Counter(first_call(decode(ids))[0] for ids, _ in multihop_contexts)
 
     # Where the next call names its tool: RL can answer lookups and search again for multihop questions only as far

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 
@@ -13,10 +14,25 @@ import pytest
 from orchestra_rl.types import Task, ToolCallRecord, ToolResult, Trajectory, Turn
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (and above Ray's worker ports, 10002-19999). A port
+    the kernel hands out for bind(0) is one Ray's own processes may be given too, between this call and the moment
+    a command binds it (CI once lost Serve's port that way); this range is handed out only on request."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for port in random.sample(range(20000, low), 500):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in 20000-{low - 1}")
 
 
 def kill_session(proc: subprocess.Popen) -> None:

@@ -141,19 +141,19 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def test_sized(cache_dir: str) -> list[str]:
+def sized_overrides(cache_dir: str) -> list[str]:
     """The overrides every test composes the real conf/ with (make_config; a CLI test passes them as arguments)."""
     return [f"model.cache_dir={cache_dir}/models", PRETRAIN, f"data.cache_dir={cache_dir}/worlds",
             "data.tasks_per_family=8"]
 
 
 @pytest.fixture(scope="session")
-def make_config(test_sized: list[str]):
+def make_config(sized_overrides: list[str]):
     """Compose the real conf/ with test-sized overrides: make_config("rollout.max_turns=3", ...)."""
     from orchestra_rl.config import load_config
 
     def make(*overrides: str):
-        return load_config([*test_sized, *overrides])
+        return load_config([*sized_overrides, *overrides])
 
     return make
 

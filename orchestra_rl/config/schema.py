@@ -138,6 +138,10 @@ class ToolsConfig:
     num_cpus_per_executor: float = 0.5
     tools: dict[str, ToolConfig] = field(default_factory=dict)
 
+    def enabled_of_kind(self, kind: str) -> str | None:
+        """The name of the first enabled tool of this kind (e.g. "search", "answer"), or None."""
+        return next((name for name, t in self.tools.items() if t.enabled and t.kind == kind), None)
+
 
 @dataclass
 class ExpertModelConfig:

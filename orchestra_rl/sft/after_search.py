@@ -34,10 +34,6 @@ from orchestra_rl.types import Task
 _ANSWER_MARK = "ANSWERMARK"  # cut a rendered answer call where its answer starts
 
 
-def tool_of_kind(cfg: Config, kind: str) -> str | None:
-    return next((name for name, t in cfg.tools.tools.items() if t.enabled and t.kind == kind), None)
-
-
 def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search: SearchTool,
                           search_tool: str) -> list[tuple[list[int], str]]:
     """Per task, (the tokens a search-first rollout holds when its first search's response is in, that response)."""
@@ -63,7 +59,7 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lookups, multihops = ([t for t in tasks if t.family == family] for family in ("lookup", "multihop"))
-    search_tool, answer_tool = tool_of_kind(cfg, "search"), tool_of_kind(cfg, "answer")
+    search_tool, answer_tool = cfg.tools.enabled_of_kind("search"), cfg.tools.enabled_of_kind("answer")
     if not lookups or search_tool is None or answer_tool is None or cfg.tools.tools[search_tool].backend != "bm25":
         return None
     tokenizer = AutoTokenizer.from_pretrained(model_path)

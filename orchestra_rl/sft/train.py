@@ -62,7 +62,7 @@ def run_sft(cfg: Config) -> str:
         if qa:
             demos = generate_demos(cfg, system, cfg.sft.num_demos, cfg.sft.only_correct,
                                    out_path=out_dir / DEMOS_FILE)
-            mix = demo_mix(demos, load_tasks(world_dir, "train"), _answer_tool(cfg))
+            mix = demo_mix(demos, load_tasks(world_dir, "train"), cfg.tools.enabled_of_kind("answer"))
             print(f"sft: {len(demos)} demonstrations in {time.perf_counter() - start:.0f} s -> {out_dir / DEMOS_FILE}")
             for family, m in mix.items():
                 strategies = ", ".join(f"{s} {n}" for s, n in m["strategies"].items())
@@ -116,10 +116,6 @@ def report_kept_skills(cfg: Config, base: dict[str, Any], checkpoint: str, out_d
     print("sft: held-out drills written exactly, base -> after SFT: " + ", ".join(
         f"{kind.removesuffix('_accuracy')} {v['base']:.2f} -> {v['after_sft']:.2f}"
         for kind, v in kept.items() if v["base"] is not None))
-
-
-def _answer_tool(cfg: Config) -> str:
-    return next(n for n, t in cfg.tools.tools.items() if t.enabled and t.kind == "answer")
 
 
 def train_sft(cfg: Config, model_path: str, samples: list[tuple[list[int], list[int]]], out_dir: Path) -> str:

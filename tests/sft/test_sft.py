@@ -118,16 +118,16 @@ def test_sft_learns_the_tool_call_format(sft_run, make_config):
 
 
 @pytest.mark.integration
-def test_the_probe_command_reads_a_checkpoint_as_the_sft_did(sft_run, test_sized, tmp_path, capsys):
+def test_the_probe_command_reads_a_checkpoint_as_the_sft_did(sft_run, sized_overrides, tmp_path, capsys):
     out, checkpoint = Path(sft_run[0]), sft_run[1]
     found = tmp_path / "probe.json"
-    assert main(["probe", f"model.path={checkpoint}", *test_sized, "--out", str(found)]) == 0
+    assert main(["probe", f"model.path={checkpoint}", *sized_overrides, "--out", str(found)]) == 0
     # Greedy decoding and a seeded probe: the same findings the SFT wrote beside the checkpoint.
     assert json.loads(found.read_text()) == json.loads((out / PROBE_FILE).read_text())
     printed = capsys.readouterr().out
     assert "family probe at the first tool name (32 tasks" in printed and "after a lookup's search (8 lookups" in printed
     # A world without QA tasks, or a policy without tool-name tokens, has nothing to probe: one line, exit 2.
-    assert main(["probe", f"model.path={checkpoint}", *test_sized, "env=[orders]"]) == 2
-    assert main(["probe", f"model.path={checkpoint}", *test_sized, "model.word_tokens=[]",
+    assert main(["probe", f"model.path={checkpoint}", *sized_overrides, "env=[orders]"]) == 2
+    assert main(["probe", f"model.path={checkpoint}", *sized_overrides, "model.word_tokens=[]",
                  "model.pretrain_steps=0"]) == 2
     assert capsys.readouterr().err.count("probe: needs the QA world") == 2

@@ -151,7 +151,7 @@ def test_a_short_async_run_learns_on_the_default_world(cache_dir, tmp_path, sft_
     """30 asynchronous GRPO steps (staleness 1) on the default world from the session's SFT warm start raise the
     held-out reward and accuracy: the whole test split, 16 trials per task before and after. At twice the default
     learning rate: from this weak warm start (accuracy ~0.12-0.17) 30 steps at the default 2.5e-4 barely move it (a CI
-    run: reward 0.245 -> 0.244); at 5e-4 two seeds gained 0.30 and 0.14 reward, 0.25 and 0.13 accuracy (1e-3: 0.22)."""
+    run: reward 0.245 -> 0.244); at 5e-4 four seeds gained 0.10-0.30 reward, 0.11-0.25 accuracy (docs/benchmarks.md)."""
     run_dir = tmp_path / "learn"
     train(cache_dir, run_dir, sft_run[1], f"train.steps={LEARN_STEPS}", "algo=grpo", "algo.lr=5e-4",
           "train.eval_max_tasks=0", f"train.eval_trials={EVAL_TRIALS}", "train.save_every=0", "train.baselines=[]",

@@ -115,11 +115,13 @@ class System:
                        for _ in range(cfg.rollout.num_workers)]
             self.rollout = RolloutManager(workers, cfg.rollout.mode)
             self._stop.callback(self.rollout.close)
-            ray.get([w.ready.remote() for w in workers])
         if learners:
+            # Built while the workers' engines load (each actor starts its engine as it is created): one wait.
             self.learners = LearnerGroup(cfg, self.model_path)
             self._stop.callback(self.learners.shutdown)
-            if self.rollout is not None:
+        if self.rollout is not None:
+            ray.get([w.ready.remote() for w in self.rollout.workers])
+            if self.learners is not None:
                 self._weight_sync = WeightSync(cfg.learner.weight_sync, self.learners, self.rollout.workers)
 
     def tasks(self, split: str) -> list[Task]:

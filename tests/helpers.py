@@ -6,6 +6,7 @@ import os
 import random
 import socket
 import subprocess
+from pathlib import Path
 
 import psutil
 
@@ -15,14 +16,15 @@ from orchestra_rl.types import Task, ToolCallRecord, ToolResult, Trajectory, Tur
 
 
 _handed_out: set[int] = set()
+_ports = random.Random()  # its own generator: a test that seeds `random` does not make the ports repeat
 
 
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range (and above Ray's worker ports, 10002-19999). A port
     the kernel hands out for bind(0) is one Ray's own processes may be given too, between this call and the moment
     a command binds it (CI once lost Serve's port that way); this range is handed out only on request."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-    for port in random.sample(range(20000, low), 500):
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in _ports.sample(range(20000, low), 500):
         if port in _handed_out:
             continue
         with socket.socket() as s:

@@ -107,7 +107,7 @@ class ScriptedPolicy:
         """The demonstrator (strategies: demo_strategies; it thinks as sft.think and sft.think_every_call say), or a
         fixed baseline's strategy table (eval; no thought: a baseline is judged by its calls)."""
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
-        answer_tool = next(name for name, kind in enabled.items() if kind == "answer")  # validate() ensures one
+        answer_tool = cfg.tools.enabled_of_kind("answer")  # validate() ensures one
         policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed,
                      think=cfg.sft.think and strategies is None, think_every_call=cfg.sft.think_every_call)
         policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}

@@ -330,6 +330,9 @@ class SFTConfig:
     # With think: every turn opens with that thought, not only the first, so what is asked is again the last thing
     # before the call that decides whether a search's response already answers it (docs/benchmarks.md).
     think_every_call: bool = False
+    # With think: every later turn opens with what has been read so far instead, each entity name with its fact or
+    # "?", then the answer as "result" or "?" (sft/scripted.progress): what decides the next call, written before it.
+    think_progress: bool = False
     output_dir: str = "outputs/sft"
 
 

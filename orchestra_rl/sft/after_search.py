@@ -15,6 +15,7 @@ like the family probe it runs on the driver's CPU, for the tiny model.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,13 @@ from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.chat import ChatFormat
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.probe import pct, separability, state_parts, tool_name_states, up_to_tool_name
-from orchestra_rl.sft.scripted import format_tool_call, thought
+from orchestra_rl.sft.scripted import format_tool_call, turn_thought
 from orchestra_rl.tools.registry import config_schemas
 from orchestra_rl.tools.search import SearchTool
 from orchestra_rl.types import Task
 
 _ANSWER_MARK = "ANSWERMARK"  # cut a rendered answer call where its answer starts
+_THOUGHT = re.compile(r"<think>.*?</think>\n?", re.DOTALL)
 
 
 def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search: SearchTool,
@@ -41,7 +43,7 @@ def contexts_after_search(cfg: Config, tokenizer: Any, tasks: list[Task], search
     out = []
     for task in tasks:
         query = search_query(task, 0)
-        first_turn = (thought(task) if cfg.sft.think else "") + format_tool_call(search_tool, {"query": query})
+        first_turn = turn_thought(cfg.sft, task, []) + format_tool_call(search_tool, {"query": query})
         response = search.bm25(query)
         ids = (chat.prompt_ids(question_with_preference(task)) + tokenizer.encode(first_turn, add_special_tokens=False)
                + chat.continuation_ids([response], ended_with_eos=False))
@@ -87,22 +89,25 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
 
     lookup_contexts = contexts_after_search(cfg, tokenizer, lookups, search, search_tool)
     multihop_contexts = contexts_after_search(cfg, tokenizer, multihops, search, search_tool)
+    # The next turn as decoded; the forced answer and the probe below keep the policy's own thought from it, so a
+    # thought that records what was read (sft.think_progress) is the policy's reading, not the demonstrator's.
+    lookup_turns = [decode(ids) for ids, _ in lookup_contexts]
+    multihop_turns = [decode(ids) for ids, _ in multihop_contexts]
     rows = defaultdict(list)  # attribute -> (fact in response, next tool, right as is, right forced)
-    for task, (ids, response) in zip(lookups, lookup_contexts):
-        next_tool, answered = first_call(decode(ids))
-        opening = (thought(task) if cfg.sft.think_every_call else "") + answer_opening
+    for task, (ids, response), turn in zip(lookups, lookup_contexts, lookup_turns):
+        next_tool, answered = first_call(turn)
+        opening = own_thought(turn) + answer_opening
         _, forced = first_call(opening + decode(ids + tokenizer.encode(opening, add_special_tokens=False)))
         rows[task.metadata.get("attributes", ["?"])[0]].append((
             find_span(response, task.answer) is not None, next_tool,
             is_correct(answered, task.answer, task.family), is_correct(forced, task.answer, task.family)))
-    multihop_next = Counter(first_call(decode(ids))[0] for ids, _ in multihop_contexts)
+    multihop_next = Counter(first_call(turn)[0] for turn in multihop_turns)
 
     # Where the next call names its tool: RL can answer lookups and search again for multihop questions only as far
     # as the policy's state there tells the two apart (the family probe's reading, sft/probe.py).
     both = lookups + multihops
-    prompts = [ids + tokenizer.encode((thought(task) if cfg.sft.think_every_call else "") + up_to_tool_name(),
-                                      add_special_tokens=False)
-               for task, (ids, _) in zip(both, lookup_contexts + multihop_contexts)]
+    prompts = [ids + tokenizer.encode(own_thought(turn) + up_to_tool_name(), add_special_tokens=False)
+               for (ids, _), turn in zip(lookup_contexts + multihop_contexts, lookup_turns + multihop_turns)]
     states, probs, tools = tool_name_states(cfg, model, tokenizer, prompts)
     families = [task.family for task in both]
     next_name = {"lookup/multihop": separability(states, families), "state": state_parts(states, families),
@@ -113,6 +118,12 @@ def after_search(cfg: Config, model_path: str, world_dir: str | Path, tasks: lis
             "by_attribute": {a: summary(rs) for a, rs in sorted(rows.items())},
             "multihop": {"tasks": len(multihops), "next_tool": dict(multihop_next.most_common())},
             "next_tool_name": next_name}
+
+
+def own_thought(turn: str) -> str:
+    """The thought a decoded turn opens with (<think>...</think> and its newline), or nothing."""
+    m = _THOUGHT.match(turn)
+    return m.group() if m else ""
 
 
 def summary(rows: list[tuple[bool, str, bool, bool]]) -> dict[str, Any]:

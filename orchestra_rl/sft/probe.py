@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestra_rl.config import Config
 from orchestra_rl.rollout.chat import ChatFormat
-from orchestra_rl.sft.scripted import format_tool_call, thought
+from orchestra_rl.sft.scripted import format_tool_call, turn_thought
 from orchestra_rl.tools.registry import config_schemas
 from orchestra_rl.types import Task
 
@@ -64,7 +64,7 @@ def prompts_to_first_tool_name(cfg: Config, tokenizer: Any, tasks: list[Task]) -
 
     chat = ChatFormat(tokenizer, cfg.rollout.system_prompt, config_schemas(cfg.tools))
     return [chat.prompt_ids(question_with_preference(task))
-            + tokenizer.encode((thought(task) if cfg.sft.think else "") + up_to_tool_name(), add_special_tokens=False)
+            + tokenizer.encode(turn_thought(cfg.sft, task, []) + up_to_tool_name(), add_special_tokens=False)
             for task in tasks]
 
 

@@ -23,7 +23,7 @@ import hashlib
 import re
 from typing import Any
 
-from orchestra_rl.config import Config
+from orchestra_rl.config import Config, SFTConfig
 from orchestra_rl.data.strategies import expected_outcomes
 from orchestra_rl.data.reading import UNKNOWN, find_span, python_code, search_query
 from orchestra_rl.rollout.engine import Generation, scripted_generation
@@ -64,6 +64,40 @@ def thought(task: Task) -> str:
     return f"<think>{'; '.join(names) + ': ' if names else ''}{asked}</think>\n"
 
 
+def progress(task: Task, responses: list[str]) -> str:
+    """The thought after tool responses with sft.think_progress: what has been read so far, by one rule in every
+    family and naming no tool. Each of the question's entity names with its fact once a line of a response holds
+    both, then the answer as "result" once a response holds it ("answer" would name the answer tool); "?" for what
+    is still unread ("Feimora: 41,200; result: 41,200" behind a lookup's search, "Nalzoum Systems: 4,180; Jaestan
+    Labs: ?; result: ?" behind a multihop question's first). The names-first thought restates what is asked; this
+    writes what decides the next call, whether every fact asked has been read, right before that call. As in the
+    demonstrations' answers, the gold answer and the expression's numbers only recognise a fact where a response
+    states it."""
+    facts = [*re.findall(r"\d+", task.metadata.get("expression", "")), task.answer]
+    lines = [line for response in responses for line in response.splitlines()]
+
+    def fact_of(name: str) -> str:
+        spans = (find_span(line, fact) for line in lines if name in line for fact in facts)
+        return next((span for span in spans if span), "?")
+
+    read = [f"{name}: {fact_of(name)}" for name in task.metadata.get("entities", [])]
+    answer = find_span("\n".join(responses), task.answer) or "?"
+    return f"<think>{'; '.join([*read, f'result: {answer}'])}</think>\n"
+
+
+def turn_thought(thinking: SFTConfig | None, task: Task, responses: list[str]) -> str:
+    """The thought a demonstration's turn opens with after `responses` (none without sft.think): the names-first
+    thought on the first turn; on later ones what has been read (sft.think_progress), the first thought again
+    (sft.think_every_call), or none."""
+    if thinking is None or not thinking.think:
+        return ""
+    if not responses:
+        return thought(task)
+    if thinking.think_progress:
+        return progress(task, responses)
+    return thought(task) if thinking.think_every_call else ""
+
+
 def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
     """Per family, the tool sequences (answer call not included) a demonstration may use: the same pool for
     every family, each strategy that solves some family, in a fixed order."""
@@ -94,8 +128,8 @@ class ScriptedPolicy:
 
     def __init__(self, tokenizer: Any, tasks: list[Task], strategies: dict[str, list[tuple[str, ...]]],
                  tool_kinds: dict[str, str], answer_tool: str, seed: int = 0, group_index: int = 0,
-                 think: bool = False, think_every_call: bool = False):
-        self.tokenizer, self.think, self.think_every_call = tokenizer, think, think_every_call
+                 thinking: SFTConfig | None = None):
+        self.tokenizer, self.thinking = tokenizer, thinking  # thinking: the sft settings of its thoughts
         self.tasks_by_question = {t.question: t for t in tasks}
         self.strategies, self.tool_kinds, self.answer_tool = strategies, tool_kinds, answer_tool
         self.seed, self.group_index = seed, group_index
@@ -109,7 +143,7 @@ class ScriptedPolicy:
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
         answer_tool = cfg.tools.enabled_of_kind("answer")  # validate() ensures one
         policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed,
-                     think=cfg.sft.think and strategies is None, think_every_call=cfg.sft.think_every_call)
+                     thinking=cfg.sft if strategies is None else None)
         policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}
         return policy
 
@@ -139,8 +173,7 @@ class ScriptedPolicy:
         task = self.task_in(context)
         responses = _RESPONSE.findall(context)
         name, arguments = self.next_call(task, responses)
-        thinks = self.think and (self.think_every_call or not responses)
-        return (thought(task) if thinks else "") + format_tool_call(name, arguments)
+        return turn_thought(self.thinking, task, responses) + format_tool_call(name, arguments)
 
     def task_in(self, context: str) -> Task:
         # The longest question in the context: the task's own (the policy's calls may repeat it; no tool

@@ -17,7 +17,7 @@ from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, ScriptedPolicy, demo_strategies, find_span, format_tool_call,
-                                       read_expert, read_python, thought)
+                                       progress, read_expert, read_python, thought)
 from orchestra_rl.types import Task
 from tests.helpers import free_port, policy_segments
 
@@ -131,6 +131,57 @@ def test_sft_think_opens_the_first_turn_with_the_question_restated_for_every_fam
     # A fixed baseline's table is judged by its calls: no thought even when sft.think is set.
     baseline = ScriptedPolicy.from_config(make_config("sft.think=true"), tokenizer, tasks, demo_strategies(make_config()))
     assert not baseline.next_turn("<|im_start|>user\n" + tasks[0].question).startswith("<think>")
+
+
+def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once_a_response_holds_them():
+    lookup = Task(task_id="l", family="lookup", question="What is the population of Feimora?", answer="41200",
+                  metadata={"entities": ["Feimora"], "attributes": ["population"]})
+    search = "[1] Feimora: population and geography\nThe population of Feimora is 41,200. Its area is 3,100 km2."
+    assert progress(lookup, ["No results."]) == "<think>Feimora: ?; result: ?</think>\n"
+    assert progress(lookup, [search]) == "<think>Feimora: 41,200; result: 41,200</think>\n"
+
+    multihop = Task(task_id="m", family="multihop", answer="5380",
+                    question="How many employees do Nalzoum Systems and Jaestan Labs have in total?",
+                    metadata={"entities": ["Nalzoum Systems", "Jaestan Labs"], "attributes": ["employees"] * 2,
+                              "expression": "4180 + 1200"})
+    first = "[1] Nalzoum Systems annual report\nWith 4,180 employees, Nalzoum Systems earned 90 million.\n" \
+            "[2] People of Jaestan Labs\nStaff of Jaestan Labs include Ana Ro."  # a name without its fact
+    second = "[1] Jaestan Labs annual report\nJaestan Labs had 1200 employees."
+    assert progress(multihop, [first]) == "<think>Nalzoum Systems: 4,180; Jaestan Labs: ?; result: ?</think>\n"
+    assert progress(multihop, [first, second]) == \
+        "<think>Nalzoum Systems: 4,180; Jaestan Labs: 1200; result: ?</think>\n"
+    assert progress(multihop, [first, second, "5380\n"]) == \
+        "<think>Nalzoum Systems: 4,180; Jaestan Labs: 1200; result: 5380</think>\n"
+
+    # A hidden fact is no passage's: the name stays unread, the expert's answer is read as the answer.
+    hard = Task(task_id="h", family="hard", question="What is the clearance number of Ana Ro?", answer="512334",
+                metadata={"entities": ["Ana Ro"], "attributes": ["clearance_number"]})
+    assert progress(hard, ["[1] Ana Ro\nAna Ro was born in 1980."]) == "<think>Ana Ro: ?; result: ?</think>\n"
+    assert progress(hard, ["The answer is 512334."]) == "<think>Ana Ro: ?; result: 512334</think>\n"
+    arithmetic = Task(task_id="a", family="arithmetic", question="What is 7809 * 22 + 184?", answer="171982",
+                      metadata={"expression": "7809 * 22 + 184"})
+    assert progress(arithmetic, ["The answer is 171981."]) == "<think>result: ?</think>\n"  # a wrong one
+    assert progress(arithmetic, ["171982\n"]) == "<think>result: 171982</think>\n"
+
+
+def test_sft_think_progress_opens_every_later_turn_with_what_was_read(make_config, tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tasks = load_tasks(build_world(make_config().data), "train")
+    plain = ScriptedPolicy.from_config(make_config(), tokenizer, tasks)
+    reading = ScriptedPolicy.from_config(make_config("sft.think=true", "sft.think_progress=true"), tokenizer, tasks)
+    tools = set(make_config().tools.tools)
+    for task in (next(t for t in tasks if t.family == f) for f in ("arithmetic", "lookup", "multihop", "hard")):
+        first = "<|im_start|>user\n" + question_with_preference(task)
+        assert reading.next_turn(first) == thought(task) + plain.next_turn(first)
+        responses = []
+        for response in ("It has 12.", task.answer):
+            responses.append(response)
+            context = first + "".join(f"\n<tool_response>\n{r}\n</tool_response>" for r in responses)
+            turn = reading.next_turn(context)
+            assert turn == progress(task, responses) + plain.next_turn(context)
+            words = set(re.findall(r"\w+", parse_tool_calls(turn).content.removeprefix("<think>")))
+            assert not words & tools  # the thought names no tool: RL chooses them
+        assert turn.startswith("<think>") and f"result: {task.answer}</think>" in turn
 
 
 @pytest.fixture(scope="module")

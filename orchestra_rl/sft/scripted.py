@@ -68,20 +68,19 @@ def progress(task: Task, responses: list[str]) -> str:
     """The thought after tool responses with sft.think_progress: what has been read so far, by one rule in every
     family and naming no tool. Each of the question's entity names with its fact once a line of a response holds
     both, then the answer as "result" once a response holds it ("answer" would name the answer tool); "?" for what
-    is still unread ("Feimora: 41,200; result: 41,200" behind a lookup's search, "Nalzoum Systems: 4,180; Jaestan
-    Labs: ?; result: ?" behind a multihop question's first). The names-first thought restates what is asked; this
-    writes what decides the next call, whether every fact asked has been read, right before that call. As in the
-    demonstrations' answers, the gold answer and the expression's numbers only recognise a fact where a response
-    states it."""
+    is still unread ("Feimora: 41200; result: 41200" behind a lookup's search, "Nalzoum Systems: 4180; Jaestan
+    Labs: ?; result: ?" behind a multihop question's first), a number without thousands separators, as a python
+    expression or an answer takes it. The names-first thought restates what is asked; this writes what decides the
+    next call, whether every fact asked has been read, right before that call. As in the demonstrations' answers,
+    the gold answer and the expression's numbers only recognise a fact where a response states it."""
     facts = [*re.findall(r"\d+", task.metadata.get("expression", "")), task.answer]
     lines = [line for response in responses for line in response.splitlines()]
 
     def fact_of(name: str) -> str:
-        spans = (find_span(line, fact) for line in lines if name in line for fact in facts)
-        return next((span for span in spans if span), "?")
+        return next((fact for line in lines if name in line for fact in facts if find_span(line, fact)), "?")
 
     read = [f"{name}: {fact_of(name)}" for name in task.metadata.get("entities", [])]
-    answer = find_span("\n".join(responses), task.answer) or "?"
+    answer = task.answer if find_span("\n".join(responses), task.answer) else "?"
     return f"<think>{'; '.join([*read, f'result: {answer}'])}</think>\n"
 
 

@@ -138,7 +138,7 @@ def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once
                   metadata={"entities": ["Feimora"], "attributes": ["population"]})
     search = "[1] Feimora: population and geography\nThe population of Feimora is 41,200. Its area is 3,100 km2."
     assert progress(lookup, ["No results."]) == "<think>Feimora: ?; result: ?</think>\n"
-    assert progress(lookup, [search]) == "<think>Feimora: 41,200; result: 41,200</think>\n"
+    assert progress(lookup, [search]) == "<think>Feimora: 41200; result: 41200</think>\n"
 
     multihop = Task(task_id="m", family="multihop", answer="5380",
                     question="How many employees do Nalzoum Systems and Jaestan Labs have in total?",
@@ -147,11 +147,11 @@ def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once
     first = "[1] Nalzoum Systems annual report\nWith 4,180 employees, Nalzoum Systems earned 90 million.\n" \
             "[2] People of Jaestan Labs\nStaff of Jaestan Labs include Ana Ro."  # a name without its fact
     second = "[1] Jaestan Labs annual report\nJaestan Labs had 1200 employees."
-    assert progress(multihop, [first]) == "<think>Nalzoum Systems: 4,180; Jaestan Labs: ?; result: ?</think>\n"
+    assert progress(multihop, [first]) == "<think>Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
     assert progress(multihop, [first, second]) == \
-        "<think>Nalzoum Systems: 4,180; Jaestan Labs: 1200; result: ?</think>\n"
+        "<think>Nalzoum Systems: 4180; Jaestan Labs: 1200; result: ?</think>\n"
     assert progress(multihop, [first, second, "5380\n"]) == \
-        "<think>Nalzoum Systems: 4,180; Jaestan Labs: 1200; result: 5380</think>\n"
+        "<think>Nalzoum Systems: 4180; Jaestan Labs: 1200; result: 5380</think>\n"
 
     # A hidden fact is no passage's: the name stays unread, the expert's answer is read as the answer.
     hard = Task(task_id="h", family="hard", question="What is the clearance number of Ana Ro?", answer="512334",

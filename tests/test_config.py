@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,20 @@ def test_cli_prints_one_line_and_exits_2_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip() == "config error: rollout.max_turns: must be > 0, got -1"
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_multirun_composes_one_job_per_swept_value_each_in_its_own_folder(tmp_path):
+    # `-m reward.cost_weight=0,1,3` as the README's sweep runs it; `config` prints each job's composed config.
+    proc = subprocess.run([sys.executable, "-m", "orchestra_rl.cli", "config", "-m", "+experiment=routing",
+                           "reward.cost_weight=0,3", f"hydra.sweep.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    weights = [float(w) for w in re.findall(r"^  cost_weight: (\S+)$", proc.stdout, re.MULTILINE)]
+    assert weights == [0.0, 3.0]
+    # Each job writes into its own folder, where `orchestra-rl report <sweep folder>` finds its train_report.json.
+    outputs = re.findall(r"^  output_dir: (\S+)$", proc.stdout, re.MULTILINE)
+    for job in ("0", "1"):
+        assert f"{tmp_path}/{job}/train" in outputs and (tmp_path / job / ".hydra" / "overrides.yaml").exists()
 
 
 def test_the_gpu_set_up_is_config_groups_alone():

@@ -1,7 +1,9 @@
-"""The family probe's classifier (sft/probe.py); the probe of a real SFT checkpoint is checked in test_sft.py."""
+"""The probes' pieces (sft/probe.py, sft/after_search.py); the probe of a real SFT checkpoint is checked in
+test_sft.py."""
 
 import numpy as np
 
+from orchestra_rl.sft.after_search import own_thought
 from orchestra_rl.sft.probe import separability, state_parts
 
 
@@ -26,3 +28,10 @@ def test_state_parts_are_the_shared_mean_the_families_offsets_and_the_spread_wit
     labels = ["hard", "hard", "lookup", "lookup"]
     states = np.array([[3.0, 4.0, 1.0, 0.5], [3.0, 4.0, 1.0, -0.5], [3.0, 4.0, -1.0, 0.5], [3.0, 4.0, -1.0, -0.5]])
     assert state_parts(states, labels) == {"common": 5.0, "family": 1.0, "spread": 0.5}
+
+
+def test_the_after_search_probe_keeps_the_policys_own_thought_and_nothing_after_it():
+    turn = '<think>Feimora: 41200; result: 41200</think>\n<tool_call>\n{"name": "answer"}\n</tool_call>'
+    assert own_thought(turn) == "<think>Feimora: 41200; result: 41200</think>\n"
+    assert own_thought('<tool_call>\n{"name": "search"}\n</tool_call><think>late</think>') == ""  # none first
+    assert own_thought("<think>cut off before its end") == ""

@@ -333,6 +333,11 @@ class SFTConfig:
     # With think: every later turn opens with what has been read so far instead, each entity name with its fact or
     # "?", then the answer as "result" or "?" (sft/scripted.progress): what decides the next call, written before it.
     think_progress: bool = False
+    # After a demonstration's first call (the pool's varied choice, each first tool once), what is still unread
+    # decides its next, by one rule in every family (sft/scripted.ScriptedPolicy._reading_call): answer once a
+    # response holds the answer, search an unread name, compute once the numbers are read. So what follows a
+    # progress thought agrees with it: search behind "name: ?", answer behind a "result".
+    read_until_answered: bool = False
     output_dir: str = "outputs/sft"
 
 

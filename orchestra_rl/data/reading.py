@@ -39,9 +39,16 @@ def search_query(task: Task, j: int) -> str:
 def python_code(task: Task, responses: list[str]) -> str:
     """The program computing the task once every number of its expression has been read (in the question:
     arithmetic; in the searches' passages: multihop). Before that it can only print the question."""
+    expression = expression_read(task, responses)
+    return f"print({expression})" if expression else f"print({task.question!r})"
+
+
+def expression_read(task: Task, responses: list[str]) -> str | None:
+    """The task's arithmetic expression once every number of it has been read (in the question: arithmetic; in
+    the responses' passages: multihop), else None."""
     m = _ARITHMETIC_QUESTION.fullmatch(task.question)
     expression = task.metadata.get("expression") or (m.group(1) if m else "")
     seen = "\n".join([task.question, *responses])
     if re.search(r"\d", expression) and all(find_span(seen, n) for n in re.findall(r"\d+", expression)):
-        return f"print({expression})"
-    return f"print({task.question!r})"
+        return expression
+    return None

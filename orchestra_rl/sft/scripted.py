@@ -25,7 +25,7 @@ from typing import Any
 
 from orchestra_rl.config import Config, SFTConfig
 from orchestra_rl.data.strategies import expected_outcomes
-from orchestra_rl.data.reading import UNKNOWN, find_span, python_code, search_query
+from orchestra_rl.data.reading import UNKNOWN, expression_read, find_span, python_code, search_query
 from orchestra_rl.rollout.engine import Generation, scripted_generation
 from orchestra_rl.types import Task, ToolCall
 
@@ -73,15 +73,17 @@ def progress(task: Task, responses: list[str]) -> str:
     expression or an answer takes it. The names-first thought restates what is asked; this writes what decides the
     next call, whether every fact asked has been read, right before that call. As in the demonstrations' answers,
     the gold answer and the expression's numbers only recognise a fact where a response states it."""
-    facts = [*re.findall(r"\d+", task.metadata.get("expression", "")), task.answer]
-    lines = [line for response in responses for line in response.splitlines()]
-
-    def fact_of(name: str) -> str:
-        return next((fact for line in lines if name in line for fact in facts if find_span(line, fact)), "?")
-
-    read = [f"{name}: {fact_of(name)}" for name in task.metadata.get("entities", [])]
+    read = [f"{name}: {fact or '?'}" for name, fact in facts_read(task, responses).items()]
     answer = task.answer if find_span("\n".join(responses), task.answer) else "?"
     return f"<think>{'; '.join([*read, f'result: {answer}'])}</think>\n"
+
+
+def facts_read(task: Task, responses: list[str]) -> dict[str, str | None]:
+    """Each of the question's entity names with its fact once a line of a response holds both (else None)."""
+    facts = [*re.findall(r"\d+", task.metadata.get("expression", "")), task.answer]
+    lines = [line for response in responses for line in response.splitlines()]
+    return {name: next((fact for line in lines if name in line for fact in facts if find_span(line, fact)), None)
+            for name in task.metadata.get("entities", [])}
 
 
 def turn_thought(thinking: SFTConfig | None, task: Task, responses: list[str]) -> str:
@@ -102,6 +104,8 @@ def demo_strategies(cfg: Config) -> dict[str, list[tuple[str, ...]]]:
     every family, each strategy that solves some family, in a fixed order."""
     outcomes = expected_outcomes(cfg)
     pool = list(dict.fromkeys(s.tools for s in outcomes if s.accuracy >= MIN_STRATEGY_ACCURACY))
+    if cfg.sft.read_until_answered:  # the first call is the demonstration's choice; reading decides the rest
+        pool = list(dict.fromkeys(tools[:1] for tools in pool))
     solvable = {s.family for s in outcomes if s.accuracy >= MIN_STRATEGY_ACCURACY}
     missing = [f for f in cfg.data.families if f not in solvable]
     if missing:
@@ -185,10 +189,48 @@ class ScriptedPolicy:
     def next_call(self, task: Task, responses: list[str]) -> tuple[str, dict[str, Any]]:
         """(tool name, arguments) after `responses` (one per call made so far)."""
         plan = self.strategy(task)
+        if self.thinking is not None and self.thinking.read_until_answered:
+            return self._reading_call(task, plan[0], responses)
         step = len(responses)
         if step < len(plan):
             return plan[step], self._arguments(task, plan, step, responses)
         return self.answer_tool, {"answer": self._answer(task, plan[:step], responses)}
+
+    def _reading_call(self, task: Task, first: str, responses: list[str]) -> tuple[str, dict[str, Any]]:
+        """sft.read_until_answered: after the first call, what is still unread decides, the same rule in every
+        family: the answer once a response holds it (or an expert has answered); else an entity name whose fact
+        is unread is searched (each name once); else, once every number of the task's expression has been read,
+        python computes it; else the answer the last response gives. The calls made so far are this rule's own
+        earlier decisions, replayed over the responses."""
+        calls: tuple[str, ...] = (first,)
+        for k in range(1, len(responses) + 1):
+            calls += (self._after_reading(task, calls, responses[:k]),)
+        step = len(responses)
+        if calls[step] == self.answer_tool:
+            return self.answer_tool, {"answer": self._reading_answer(task, calls[:step], responses)}
+        return calls[step], self._arguments(task, calls, step, responses)
+
+    def _after_reading(self, task: Task, calls: tuple[str, ...], responses: list[str]) -> str:
+        """The tool the reading rule calls after `calls` and their `responses`."""
+        if self.tool_kinds[calls[-1]] == "llm" or find_span(responses[-1], task.answer):
+            return self.answer_tool
+        search = self._enabled("search")
+        searched = sum(self.tool_kinds[c] == "search" for c in calls)
+        unread = [name for name, fact in facts_read(task, responses).items() if fact is None]
+        if search and unread and searched < len(task.metadata.get("entities", [])):
+            return search
+        python = self._enabled("python")
+        if python and calls[-1] != python and expression_read(task, responses):
+            return python
+        return self.answer_tool
+
+    def _reading_answer(self, task: Task, called: tuple[str, ...], responses: list[str]) -> str:
+        if self.tool_kinds[called[-1]] != "llm" and find_span(responses[-1], task.answer):
+            return find_span(responses[-1], task.answer) or UNKNOWN
+        return self._answer(task, called, responses)
+
+    def _enabled(self, kind: str) -> str | None:
+        return next((name for name, k in self.tool_kinds.items() if k == kind), None)
 
     def _arguments(self, task: Task, plan: tuple[str, ...], step: int,
                    responses: list[str]) -> dict[str, Any]:

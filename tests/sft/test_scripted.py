@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from orchestra_rl.config import final_tool_names
+from orchestra_rl.config import SFTConfig, final_tool_names
 from orchestra_rl.data.sampler import interleave_families
 from orchestra_rl.data.strategies import LOCAL_STRATEGIES
 from orchestra_rl.data.world import build_world, load_tasks
@@ -133,35 +133,68 @@ def test_sft_think_opens_the_first_turn_with_the_question_restated_for_every_fam
     assert not baseline.next_turn("<|im_start|>user\n" + tasks[0].question).startswith("<think>")
 
 
+LOOKUP = Task(task_id="l", family="lookup", question="What is the population of Feimora?", answer="41200",
+              metadata={"entities": ["Feimora"], "attributes": ["population"]})
+FEIMORA = "[1] Feimora: population and geography\nThe population of Feimora is 41,200. Its area is 3,100 km2."
+MULTIHOP = Task(task_id="m", family="multihop", answer="5380",
+                question="How many employees do Nalzoum Systems and Jaestan Labs have in total?",
+                metadata={"entities": ["Nalzoum Systems", "Jaestan Labs"], "attributes": ["employees"] * 2,
+                          "expression": "4180 + 1200"})
+NALZOUM = "[1] Nalzoum Systems annual report\nWith 4,180 employees, Nalzoum Systems earned 90 million.\n" \
+          "[2] People of Jaestan Labs\nStaff of Jaestan Labs include Ana Ro."  # a name without its fact
+JAESTAN = "[1] Jaestan Labs annual report\nJaestan Labs had 1200 employees."
+HARD = Task(task_id="h", family="hard", question="What is the clearance number of Ana Ro?", answer="512334",
+            metadata={"entities": ["Ana Ro"], "attributes": ["clearance_number"]})
+ANA_RO = "[1] Ana Ro\nAna Ro was born in 1980."  # a hidden fact is no passage's
+ARITHMETIC = Task(task_id="a", family="arithmetic", question="What is 7809 * 22 + 184?", answer="171982",
+                  metadata={"expression": "7809 * 22 + 184"})
+
+
 def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once_a_response_holds_them():
-    lookup = Task(task_id="l", family="lookup", question="What is the population of Feimora?", answer="41200",
-                  metadata={"entities": ["Feimora"], "attributes": ["population"]})
-    search = "[1] Feimora: population and geography\nThe population of Feimora is 41,200. Its area is 3,100 km2."
-    assert progress(lookup, ["No results."]) == "<think>Feimora: ?; result: ?</think>\n"
-    assert progress(lookup, [search]) == "<think>Feimora: 41200; result: 41200</think>\n"
-
-    multihop = Task(task_id="m", family="multihop", answer="5380",
-                    question="How many employees do Nalzoum Systems and Jaestan Labs have in total?",
-                    metadata={"entities": ["Nalzoum Systems", "Jaestan Labs"], "attributes": ["employees"] * 2,
-                              "expression": "4180 + 1200"})
-    first = "[1] Nalzoum Systems annual report\nWith 4,180 employees, Nalzoum Systems earned 90 million.\n" \
-            "[2] People of Jaestan Labs\nStaff of Jaestan Labs include Ana Ro."  # a name without its fact
-    second = "[1] Jaestan Labs annual report\nJaestan Labs had 1200 employees."
-    assert progress(multihop, [first]) == "<think>Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
-    assert progress(multihop, [first, second]) == \
+    assert progress(LOOKUP, ["No results."]) == "<think>Feimora: ?; result: ?</think>\n"
+    assert progress(LOOKUP, [FEIMORA]) == "<think>Feimora: 41200; result: 41200</think>\n"
+    assert progress(MULTIHOP, [NALZOUM]) == "<think>Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
+    assert progress(MULTIHOP, [NALZOUM, JAESTAN]) == \
         "<think>Nalzoum Systems: 4180; Jaestan Labs: 1200; result: ?</think>\n"
-    assert progress(multihop, [first, second, "5380\n"]) == \
+    assert progress(MULTIHOP, [NALZOUM, JAESTAN, "5380\n"]) == \
         "<think>Nalzoum Systems: 4180; Jaestan Labs: 1200; result: 5380</think>\n"
+    # A hidden fact: the name stays unread, the expert's answer is read as the answer.
+    assert progress(HARD, [ANA_RO]) == "<think>Ana Ro: ?; result: ?</think>\n"
+    assert progress(HARD, ["The answer is 512334."]) == "<think>Ana Ro: ?; result: 512334</think>\n"
+    assert progress(ARITHMETIC, ["The answer is 171981."]) == "<think>result: ?</think>\n"  # a wrong one
+    assert progress(ARITHMETIC, ["171982\n"]) == "<think>result: 171982</think>\n"
 
-    # A hidden fact is no passage's: the name stays unread, the expert's answer is read as the answer.
-    hard = Task(task_id="h", family="hard", question="What is the clearance number of Ana Ro?", answer="512334",
-                metadata={"entities": ["Ana Ro"], "attributes": ["clearance_number"]})
-    assert progress(hard, ["[1] Ana Ro\nAna Ro was born in 1980."]) == "<think>Ana Ro: ?; result: ?</think>\n"
-    assert progress(hard, ["The answer is 512334."]) == "<think>Ana Ro: ?; result: 512334</think>\n"
-    arithmetic = Task(task_id="a", family="arithmetic", question="What is 7809 * 22 + 184?", answer="171982",
-                      metadata={"expression": "7809 * 22 + 184"})
-    assert progress(arithmetic, ["The answer is 171981."]) == "<think>result: ?</think>\n"  # a wrong one
-    assert progress(arithmetic, ["171982\n"]) == "<think>result: 171982</think>\n"
+
+# (task, first call, responses in turn, the calls the reading rule makes: after the first, one per response)
+READING_WALKS = [
+    (LOOKUP, "search", [FEIMORA], [("answer", {"answer": "41,200"})]),
+    (LOOKUP, "python", [f"{LOOKUP.question}\n", FEIMORA],  # python had nothing to compute: the name is searched
+     [("search", {"query": LOOKUP.question}), ("answer", {"answer": "41,200"})]),
+    (MULTIHOP, "search", [NALZOUM, JAESTAN, "5380\n"],  # each unread name searched, then computed
+     [("search", {"query": "Jaestan Labs employees"}), ("python", {"code": "print(4180 + 1200)"}),
+      ("answer", {"answer": "5380"})]),
+    (MULTIHOP, "small_generalist", ["The answer is 5370."], [("answer", {"answer": "5370"})]),  # an expert's word
+    (HARD, "search", [ANA_RO], [("answer", {"answer": UNKNOWN})]),  # its name searched once, nothing to compute
+    (HARD, "large_generalist", ["The answer is 512334."], [("answer", {"answer": "512334"})]),
+    (ARITHMETIC, "search", ["[1] Feimora\nNo number here.", "171982\n"],  # nothing to search: computed
+     [("python", {"code": "print(7809 * 22 + 184)"}), ("answer", {"answer": "171982"})]),
+]
+
+
+@pytest.mark.parametrize("task,first,responses,calls", READING_WALKS, ids=lambda v: getattr(v, "task_id", None))
+def test_read_until_answered_goes_on_by_what_is_still_unread_the_same_rule_in_every_family(task, first, responses,
+                                                                                           calls):
+    kinds = {"python": "python", "search": "search", "small_generalist": "llm", "large_generalist": "llm",
+             "answer": "answer"}
+    policy = ScriptedPolicy(None, [task], {task.family: [(first,)]}, kinds, "answer",
+                            thinking=SFTConfig(think=True, think_progress=True, read_until_answered=True))
+    assert policy.next_call(task, [])[0] == first
+    assert [policy.next_call(task, responses[:k]) for k in range(1, len(responses) + 1)] == calls
+
+
+def test_read_until_answered_varies_only_the_first_call(make_config):
+    pool = [("python",), ("math_expert",), ("small_generalist",), ("large_generalist",), ("search",)]
+    assert all(options == pool for options in demo_strategies(make_config("sft.read_until_answered=true")).values())
 
 
 def test_sft_think_progress_opens_every_later_turn_with_what_was_read(make_config, tiny_model_path):

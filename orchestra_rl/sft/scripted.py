@@ -8,7 +8,8 @@ policy "sampled" (logprob 0.0), so a demonstration is a `Trajectory` like any ro
 Tool choice is varied on purpose, and blind to the task: every family draws from one pool of strategies (each
 that solves some family: expected accuracy >= MIN_STRATEGY_ACCURACY under the configured tools and experts, see
 data/strategies.py), rotating through them over group indices, so a lookup question is as likely to go to python
-as an arithmetic one. SFT then teaches the format, how to fill a tool's arguments from the question and how to
+as an arithmetic one. With sft.read_until_answered the pool holds first calls only, and what follows a first call
+is decided by what is still unread, one rule for every family (ScriptedPolicy._reading_call). SFT then teaches the format, how to fill a tool's arguments from the question and how to
 read tool responses; which tool suits which task, and which is worth its cost, is left for RL. Arguments are
 filled as well as the tool allows (a search for the question, the expression once its numbers are known; a
 python call on a question without arithmetic prints the question: a call that cannot help). Answers come only
@@ -131,10 +132,11 @@ class ScriptedPolicy:
 
     def __init__(self, tokenizer: Any, tasks: list[Task], strategies: dict[str, list[tuple[str, ...]]],
                  tool_kinds: dict[str, str], answer_tool: str, seed: int = 0, group_index: int = 0,
-                 thinking: SFTConfig | None = None):
+                 thinking: SFTConfig | None = None, search_tool: str | None = None, python_tool: str | None = None):
         self.tokenizer, self.thinking = tokenizer, thinking  # thinking: the sft settings of its thoughts
         self.tasks_by_question = {t.question: t for t in tasks}
         self.strategies, self.tool_kinds, self.answer_tool = strategies, tool_kinds, answer_tool
+        self.search_tool, self.python_tool = search_tool, python_tool  # what sft.read_until_answered may call
         self.seed, self.group_index = seed, group_index
         self.expert_gets_task: dict[str, bool] = {}  # llm tool name -> include_task
 
@@ -146,7 +148,8 @@ class ScriptedPolicy:
         enabled = {name: t.kind for name, t in cfg.tools.tools.items() if t.enabled}
         answer_tool = cfg.tools.enabled_of_kind("answer")  # validate() ensures one
         policy = cls(tokenizer, tasks, strategies or demo_strategies(cfg), enabled, answer_tool, seed=cfg.seed,
-                     thinking=cfg.sft if strategies is None else None)
+                     thinking=cfg.sft if strategies is None else None,
+                     search_tool=cfg.tools.enabled_of_kind("search"), python_tool=cfg.tools.enabled_of_kind("python"))
         policy.expert_gets_task = {n: t.include_task for n, t in cfg.tools.tools.items() if t.kind == "llm"}
         return policy
 
@@ -214,23 +217,17 @@ class ScriptedPolicy:
         """The tool the reading rule calls after `calls` and their `responses`."""
         if self.tool_kinds[calls[-1]] == "llm" or find_span(responses[-1], task.answer):
             return self.answer_tool
-        search = self._enabled("search")
         searched = sum(self.tool_kinds[c] == "search" for c in calls)
         unread = [name for name, fact in facts_read(task, responses).items() if fact is None]
-        if search and unread and searched < len(task.metadata.get("entities", [])):
-            return search
-        python = self._enabled("python")
-        if python and calls[-1] != python and expression_read(task, responses):
-            return python
+        if self.search_tool and unread and searched < len(task.metadata.get("entities", [])):
+            return self.search_tool
+        if self.python_tool and calls[-1] != self.python_tool and expression_read(task, responses):
+            return self.python_tool
         return self.answer_tool
 
     def _reading_answer(self, task: Task, called: tuple[str, ...], responses: list[str]) -> str:
-        if self.tool_kinds[called[-1]] != "llm" and find_span(responses[-1], task.answer):
-            return find_span(responses[-1], task.answer) or UNKNOWN
-        return self._answer(task, called, responses)
-
-    def _enabled(self, kind: str) -> str | None:
-        return next((name for name, k in self.tool_kinds.items() if k == kind), None)
+        span = find_span(responses[-1], task.answer) if self.tool_kinds[called[-1]] != "llm" else None
+        return span or self._answer(task, called, responses)
 
     def _arguments(self, task: Task, plan: tuple[str, ...], step: int,
                    responses: list[str]) -> dict[str, Any]:

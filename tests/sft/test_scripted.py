@@ -187,7 +187,8 @@ def test_read_until_answered_goes_on_by_what_is_still_unread_the_same_rule_in_ev
     kinds = {"python": "python", "search": "search", "small_generalist": "llm", "large_generalist": "llm",
              "answer": "answer"}
     policy = ScriptedPolicy(None, [task], {task.family: [(first,)]}, kinds, "answer",
-                            thinking=SFTConfig(think=True, think_progress=True, read_until_answered=True))
+                            thinking=SFTConfig(think=True, think_progress=True, read_until_answered=True),
+                            search_tool="search", python_tool="python")
     assert policy.next_call(task, [])[0] == first
     assert [policy.next_call(task, responses[:k]) for k in range(1, len(responses) + 1)] == calls
 

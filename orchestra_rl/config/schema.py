@@ -332,6 +332,7 @@ class SFTConfig:
     think_every_call: bool = False
     # With think: every later turn opens with what has been read so far instead, each entity name with its fact or
     # "?", then the answer as "result" or "?" (sft/scripted.progress): what decides the next call, written before it.
+    # With think_every_call too, one thought holds both: the first thought's line, then what has been read.
     think_progress: bool = False
     # After a demonstration's first call (the pool's varied choice, each first tool once), what is still unread
     # decides its next, by one rule in every family (sft/scripted.ScriptedPolicy._reading_call): answer once a

@@ -161,8 +161,6 @@ def validate(cfg: Config) -> Config:
     _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _check(cfg.sft.think or not cfg.sft.think_every_call, "sft.think_every_call", "needs sft.think=true")
     _check(cfg.sft.think or not cfg.sft.think_progress, "sft.think_progress", "needs sft.think=true")
-    _check(not (cfg.sft.think_every_call and cfg.sft.think_progress), "sft.think_progress",
-           "later turns open with one thought: sft.think_every_call or sft.think_progress, not both")
     _check(cfg.sft.replay_drills >= 0, "sft.replay_drills", "must be >= 0 (0: demonstrations only)")
     _validate_env(cfg)
     for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency",

@@ -57,12 +57,16 @@ def thought(task: Task) -> str:
     (its name last) the families stayed as confused as without a thought; with the names first they separate better
     and RL moves every family towards its own route (docs/benchmarks.md). A question without entities (arithmetic)
     is restated as it is."""
+    return f"<think>{_names_first(task)}</think>\n"
+
+
+def _names_first(task: Task) -> str:
     names = task.metadata.get("entities", [])
     asked = task.question
     for name in names:
         asked = asked.replace(name, "")
     asked = re.sub(r"\s+", " ", asked).replace(" ?", "?").strip()
-    return f"<think>{'; '.join(names) + ': ' if names else ''}{asked}</think>\n"
+    return f"{'; '.join(names) + ': ' if names else ''}{asked}"
 
 
 def progress(task: Task, responses: list[str]) -> str:
@@ -74,9 +78,13 @@ def progress(task: Task, responses: list[str]) -> str:
     expression or an answer takes it. The names-first thought restates what is asked; this writes what decides the
     next call, whether every fact asked has been read, right before that call. As in the demonstrations' answers,
     the gold answer and the expression's numbers only recognise a fact where a response states it."""
+    return f"<think>{_read_so_far(task, responses)}</think>\n"
+
+
+def _read_so_far(task: Task, responses: list[str]) -> str:
     read = [f"{name}: {fact or '?'}" for name, fact in facts_read(task, responses).items()]
     answer = task.answer if find_span("\n".join(responses), task.answer) else "?"
-    return f"<think>{'; '.join([*read, f'result: {answer}'])}</think>\n"
+    return "; ".join([*read, f"result: {answer}"])
 
 
 def facts_read(task: Task, responses: list[str]) -> dict[str, str | None]:
@@ -90,11 +98,15 @@ def facts_read(task: Task, responses: list[str]) -> dict[str, str | None]:
 def turn_thought(thinking: SFTConfig | None, task: Task, responses: list[str]) -> str:
     """The thought a demonstration's turn opens with after `responses` (none without sft.think): the names-first
     thought on the first turn; on later ones what has been read (sft.think_progress), the first thought again
-    (sft.think_every_call), or none."""
+    (sft.think_every_call), both in one thought, the first thought's line above what has been read (both flags:
+    a copy of an earlier line, so the question's names are written right above the line that must repeat them),
+    or none."""
     if thinking is None or not thinking.think:
         return ""
     if not responses:
         return thought(task)
+    if thinking.think_progress and thinking.think_every_call:
+        return f"<think>{_names_first(task)}\n{_read_so_far(task, responses)}</think>\n"
     if thinking.think_progress:
         return progress(task, responses)
     return thought(task) if thinking.think_every_call else ""

@@ -17,7 +17,7 @@ from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
 from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system
 from orchestra_rl.sft.scripted import (UNKNOWN, ScriptedPolicy, demo_strategies, find_span, format_tool_call,
-                                       progress, read_expert, read_python, thought)
+                                       progress, read_expert, read_python, thought, turn_thought)
 from orchestra_rl.types import Task
 from tests.helpers import free_port, policy_segments
 
@@ -163,6 +163,12 @@ def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once
     assert progress(HARD, ["The answer is 512334."]) == "<think>Ana Ro: ?; result: 512334</think>\n"
     assert progress(ARITHMETIC, ["The answer is 171981."]) == "<think>result: ?</think>\n"  # a wrong one
     assert progress(ARITHMETIC, ["171982\n"]) == "<think>result: 171982</think>\n"
+    # With sft.think_every_call too: the first thought's line, then what has been read, in one thought.
+    both = SFTConfig(think=True, think_every_call=True, think_progress=True)
+    assert turn_thought(both, MULTIHOP, []) == thought(MULTIHOP)
+    assert turn_thought(both, MULTIHOP, [NALZOUM]) == \
+        "<think>Nalzoum Systems; Jaestan Labs: How many employees do and have in total?\n" \
+        "Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
 
 
 # (task, first call, responses in turn, the calls the reading rule makes: after the first, one per response)

@@ -47,6 +47,14 @@ def tools_system(cfg: Config, model_path: str | None = None) -> System:
     return System(no_latency, model_path, rollout=False)
 
 
+def why_unanswered(trajectories: list[Trajectory]) -> str:
+    """Why these demonstrations ended without an answer, counted: their stop reasons, and how many had a turn
+    cut at rollout.max_tokens_per_turn (a scripted turn longer than the limit is cut there, as an engine's)."""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(t.stop_reason for t in trajectories).most_common())
+    cut = sum(any(turn.finish_reason == "length" for turn in t.turns) for t in trajectories)
+    return reasons + (f" ({cut} with a turn cut at rollout.max_tokens_per_turn: raise it)" if cut else "")
+
+
 def strategy_of(trajectory: Trajectory, answer_tool: str) -> str:
     return " -> ".join(c.name for c in trajectory.tool_calls if c.name != answer_tool) or "(none)"
 
@@ -91,6 +99,7 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
     scripted = ScriptedRollout(cfg, system, tasks)
     gold = {t.task_id: t.answer for t in tasks}
     kept: list[Trajectory] = []
+    unanswered: list[Trajectory] = []
     attempted = 0
     limit = num_demos * (MAX_ATTEMPTS_PER_DEMO if only_correct else 1)
     while len(kept) < num_demos and attempted < limit:
@@ -101,9 +110,11 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
             correct = is_correct(tr.final_answer, gold[tr.task_id], tr.family)
             if tr.stop_reason == "answer" and (correct or not only_correct):
                 kept.append(tr)
+            elif tr.stop_reason != "answer":
+                unanswered.append(tr)
     if len(kept) < num_demos:
-        raise RuntimeError(f"only {len(kept)} of {num_demos} demonstrations succeeded in {attempted} attempts "
-                           "(see the tool errors of the trajectories)")
+        raise RuntimeError(f"only {len(kept)} of {num_demos} demonstrations succeeded in {attempted} attempts"
+                           f"{'; without an answer: ' + why_unanswered(unanswered) if unanswered else ''}")
     if out_path is not None:
         write_demos(kept, tasks, scripted.policy.answer_tool, out_path)
     return kept

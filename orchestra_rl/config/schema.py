@@ -332,7 +332,8 @@ class SFTConfig:
     think_every_call: bool = False
     # With think: every later turn opens with what has been read so far instead, each entity name with its fact or
     # "?", then the answer as "result" or "?" (sft/scripted.progress): what decides the next call, written before it.
-    # With think_every_call too, one thought holds both: the first thought's line, then what has been read.
+    # With think_every_call too, one thought holds both: the first thought's line, then what has been read (longer
+    # turns: rollout.max_tokens_per_turn=160 and max_total_tokens=2560 fit them; docs/benchmarks.md, not kept).
     think_progress: bool = False
     # After a demonstration's first call (the pool's varied choice, each first tool once), what is still unread
     # decides its next, by one rule in every family (sft/scripted.ScriptedPolicy._reading_call): answer once a

@@ -9,12 +9,12 @@ Tool choice is varied on purpose, and blind to the task: every family draws from
 that solves some family: expected accuracy >= MIN_STRATEGY_ACCURACY under the configured tools and experts, see
 data/strategies.py), rotating through them over group indices, so a lookup question is as likely to go to python
 as an arithmetic one. With sft.read_until_answered the pool holds first calls only, and what follows a first call
-is decided by what is still unread, one rule for every family (ScriptedPolicy._reading_call). SFT then teaches the format, how to fill a tool's arguments from the question and how to
-read tool responses; which tool suits which task, and which is worth its cost, is left for RL. Arguments are
-filled as well as the tool allows (a search for the question, the expression once its numbers are known; a
-python call on a question without arithmetic prints the question: a call that cannot help). Answers come only
-from tool responses: the policy knows the gold answer, but uses it only to recognise which number in a search
-passage is the fact asked for.
+is decided by what is still unread, one rule for every family (ScriptedPolicy._reading_call). SFT then teaches the
+format, how to fill a tool's arguments from the question and how to read tool responses; which tool suits which
+task, and which is worth its cost, is left for RL. Arguments are filled as well as the tool allows (a search for
+the question, the expression once its numbers are known; a python call on a question without arithmetic prints
+the question: a call that cannot help). Answers come only from tool responses: the policy knows the gold answer,
+but uses it only to recognise which number in a search passage is the fact asked for.
 """
 
 from __future__ import annotations

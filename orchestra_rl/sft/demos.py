@@ -47,12 +47,17 @@ def tools_system(cfg: Config, model_path: str | None = None) -> System:
     return System(no_latency, model_path, rollout=False)
 
 
-def why_unanswered(trajectories: list[Trajectory]) -> str:
-    """Why these demonstrations ended without an answer, counted: their stop reasons, and how many had a turn
-    cut at rollout.max_tokens_per_turn (a scripted turn longer than the limit is cut there, as an engine's)."""
-    reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(t.stop_reason for t in trajectories).most_common())
-    cut = sum(any(turn.finish_reason == "length" for turn in t.turns) for t in trajectories)
-    return reasons + (f" ({cut} with a turn cut at rollout.max_tokens_per_turn: raise it)" if cut else "")
+def why_dropped(wrong: int, unanswered: list[Trajectory]) -> str:
+    """Why attempts were not kept as demonstrations, counted: how many answered wrong (sft.only_correct), and of
+    those without an answer their stop reasons and how many had a turn cut at rollout.max_tokens_per_turn (a
+    scripted turn longer than the limit is cut there, as an engine's)."""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(t.stop_reason for t in unanswered).most_common())
+    cut = sum(any(turn.finish_reason == "length" for turn in t.turns) for t in unanswered)
+    parts = [f"{wrong} answered wrong"] if wrong else []
+    if unanswered:
+        parts.append(f"without an answer: {reasons}"
+                     + (f" ({cut} with a turn cut at rollout.max_tokens_per_turn: raise it)" if cut else ""))
+    return "; ".join(parts)
 
 
 def strategy_of(trajectory: Trajectory, answer_tool: str) -> str:
@@ -100,6 +105,7 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
     gold = {t.task_id: t.answer for t in tasks}
     kept: list[Trajectory] = []
     unanswered: list[Trajectory] = []
+    wrong = 0  # answered, but not the gold answer (dropped with sft.only_correct)
     attempted = 0
     limit = num_demos * (MAX_ATTEMPTS_PER_DEMO if only_correct else 1)
     while len(kept) < num_demos and attempted < limit:
@@ -112,9 +118,11 @@ def generate_demos(cfg: Config, system: System, num_demos: int, only_correct: bo
                 kept.append(tr)
             elif tr.stop_reason != "answer":
                 unanswered.append(tr)
+            else:
+                wrong += 1
     if len(kept) < num_demos:
         raise RuntimeError(f"only {len(kept)} of {num_demos} demonstrations succeeded in {attempted} attempts"
-                           f"{'; without an answer: ' + why_unanswered(unanswered) if unanswered else ''}")
+                           f"{'; ' + why_dropped(wrong, unanswered) if wrong or unanswered else ''}")
     if out_path is not None:
         write_demos(kept, tasks, scripted.policy.answer_tool, out_path)
     return kept

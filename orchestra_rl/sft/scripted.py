@@ -57,7 +57,12 @@ def thought(task: Task) -> str:
     (its name last) the families stayed as confused as without a thought; with the names first they separate better
     and RL moves every family towards its own route (docs/benchmarks.md). A question without entities (arithmetic)
     is restated as it is."""
-    return f"<think>{_names_first(task)}</think>\n"
+    return _think(_names_first(task))
+
+
+def _think(*lines: str) -> str:
+    """A thought as the chat template writes it: its lines inside <think>...</think>, then a newline."""
+    return "<think>" + "\n".join(lines) + "</think>\n"
 
 
 def _names_first(task: Task) -> str:
@@ -78,7 +83,7 @@ def progress(task: Task, responses: list[str]) -> str:
     expression or an answer takes it. The names-first thought restates what is asked; this writes what decides the
     next call, whether every fact asked has been read, right before that call. As in the demonstrations' answers,
     the gold answer and the expression's numbers only recognise a fact where a response states it."""
-    return f"<think>{_read_so_far(task, responses)}</think>\n"
+    return _think(_read_so_far(task, responses))
 
 
 def _read_so_far(task: Task, responses: list[str]) -> str:
@@ -106,7 +111,7 @@ def turn_thought(thinking: SFTConfig | None, task: Task, responses: list[str]) -
     if not responses:
         return thought(task)
     if thinking.think_progress and thinking.think_every_call:
-        return f"<think>{_names_first(task)}\n{_read_so_far(task, responses)}</think>\n"
+        return _think(_names_first(task), _read_so_far(task, responses))
     if thinking.think_progress:
         return progress(task, responses)
     return thought(task) if thinking.think_every_call else ""

@@ -15,7 +15,7 @@ from orchestra_rl.data.world import build_world, load_tasks
 from orchestra_rl.envs.qa import question_with_preference
 from orchestra_rl.reward.outcome import is_correct
 from orchestra_rl.rollout.parser import parse_tool_calls
-from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system, why_unanswered
+from orchestra_rl.sft.demos import ScriptedRollout, generate_demos, tools_system, why_dropped
 from orchestra_rl.sft.scripted import (UNKNOWN, ScriptedPolicy, demo_strategies, find_span, format_tool_call,
                                        progress, read_expert, read_python, thought, turn_thought)
 from orchestra_rl.types import Task, Trajectory, Turn
@@ -171,14 +171,15 @@ def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once
         "Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
 
 
-def test_demonstrations_without_an_answer_are_counted_by_why():
+def test_attempts_not_kept_as_demonstrations_are_counted_by_why():
     def ended(stop_reason: str, *finish_reasons: str) -> Trajectory:
         return Trajectory("t", "lookup", 0, [], [], [], 0, [Turn("", 1, f) for f in finish_reasons], None, stop_reason)
 
     failed = [ended("max_turns", "tool_call", "length"), ended("max_turns", "length"), ended("token_budget", "stop")]
-    assert why_unanswered(failed) == \
-        "2 max_turns, 1 token_budget (2 with a turn cut at rollout.max_tokens_per_turn: raise it)"
-    assert why_unanswered([ended("error")]) == "1 error"
+    assert why_dropped(0, failed) == \
+        "without an answer: 2 max_turns, 1 token_budget (2 with a turn cut at rollout.max_tokens_per_turn: raise it)"
+    assert why_dropped(3, [ended("error")]) == "3 answered wrong; without an answer: 1 error"
+    assert why_dropped(5, []) == "5 answered wrong"  # sft.only_correct: answered, but not the gold answer
 
 
 # (task, first call, responses in turn, the calls the reading rule makes: after the first, one per response)

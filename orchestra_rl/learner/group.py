@@ -15,6 +15,9 @@ from orchestra_rl.learner.worker import LearnerWorker
 from orchestra_rl.types import TrainSample
 
 PLACEMENT_TIMEOUT_S = 300
+# The rendezvous port is picked free on rank 0's node, then bound by rank 0 when it starts: another process may take
+# it in between (EADDRINUSE); the group then starts again on another port.
+RENDEZVOUS_ATTEMPTS = 3
 log = logging.getLogger(__name__)
 
 
@@ -52,19 +55,28 @@ class LearnerGroup:
             raise RuntimeError(f"could not place {lc.num_learners} learners of {bundle} each within "
                                f"{PLACEMENT_TIMEOUT_S} s; free resources: {ray.available_resources()}")
         self.single_node = len([n for n in ray.nodes() if n["Alive"]]) == 1
-        addr, port = self.rank0_address()
-        self.workers = [
-            ray.remote(LearnerWorker).options(
-                num_cpus=lc.num_cpus_per_learner, num_gpus=lc.num_gpus_per_learner,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
-            ).remote(cfg, model_path, rank, lc.num_learners, addr, port)
-            for rank in range(lc.num_learners)
-        ]
-        try:
-            gather([w.ready.remote() for w in self.workers])
-        except Exception:
-            self.shutdown()
-            raise
+        for attempt in range(1, RENDEZVOUS_ATTEMPTS + 1):
+            addr, port = self.rank0_address()
+            self.workers = [
+                ray.remote(LearnerWorker).options(
+                    num_cpus=lc.num_cpus_per_learner, num_gpus=lc.num_gpus_per_learner,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement,
+                                                                         placement_group_bundle_index=rank),
+                ).remote(cfg, model_path, rank, lc.num_learners, addr, port)
+                for rank in range(lc.num_learners)
+            ]
+            try:
+                gather([w.ready.remote() for w in self.workers])
+                return
+            except Exception as e:  # noqa: BLE001 - the group is unusable either way; retried or shut down
+                if "EADDRINUSE" in str(e) and attempt < RENDEZVOUS_ATTEMPTS:
+                    log.warning("the learners' rendezvous port %d was taken before rank 0 bound it; starting the "
+                                "group again on another", port)
+                    for w in self.workers:  # rank 0 is gone; the others wait for it in the rendezvous
+                        ray.kill(w)
+                    continue
+                self.shutdown()
+                raise
 
     def rank0_address(self) -> tuple[str, int]:
         """An address and a free port on rank 0's node: the rendezvous of a process group led by rank 0."""
@@ -131,3 +143,4 @@ class LearnerGroup:
         placement, self.placement = getattr(self, "placement", None), None
         if placement is not None:
             remove_placement_group(placement)
+

@@ -3,6 +3,7 @@ a checkpoint resumes exactly."""
 
 import dataclasses
 import math
+import socket
 import time
 
 import pytest
@@ -137,6 +138,32 @@ def test_a_learner_that_fails_to_start_fails_the_group_fast_and_frees_its_resour
     while live_placement_groups() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not live_placement_groups()
+
+
+class FirstPortTaken(LearnerGroup):
+    """The race the group survives: the first rendezvous port it picks is bound by another socket (here this test's,
+    listening) before rank 0 starts, as another process on the node may do."""
+
+    def rank0_address(self) -> tuple[str, int]:
+        host, port = super().rank0_address()
+        if not hasattr(self, "ports"):
+            self.ports, self.squatter = [], socket.create_server((host, port))
+        self.ports.append(port)
+        return host, port
+
+
+def test_a_rendezvous_port_taken_before_rank_0_binds_it_starts_the_group_on_another(make_config, tiny_model_path,
+                                                                                    ray_local, tmp_path):
+    cfg = make_config("learner.num_learners=1", "learner.num_cpus_per_learner=0.25")  # rank 0 binds the port
+    group = FirstPortTaken(cfg, tiny_model_path)
+    try:
+        assert len(group.ports) == 2 and group.ports[0] != group.ports[1]
+        initial = load_file(f"{tiny_model_path}/model.safetensors")
+        sent = weights(group, tmp_path / "w.safetensors")  # the policy gathered through the group: it works
+        assert initial.keys() <= sent.keys() and all(torch.equal(sent[k], initial[k]) for k in initial)
+    finally:
+        group.squatter.close()
+        group.shutdown()
 
 
 def test_bf16_compute_updates_fp32_master_weights(make_config, tiny_model_path, ray_local, samples, tmp_path):

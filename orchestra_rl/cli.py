@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "sandbox":
         from orchestra_rl.tools.sandbox import sandbox_main
 
-        python_tool = cfg.tools.tools.get("python")
-        if python_tool is None or python_tool.kind != "python":
-            print("sandbox: no tool named 'python' of kind python in tools.tools, whose limits to use", file=sys.stderr)
+        python_tool = cfg.tools.settings_of_kind("python")
+        if python_tool is None:
+            print("sandbox: no tool of kind python in tools.tools, whose limits to use", file=sys.stderr)
             return 2
         return sandbox_main(args.code, python_tool)
     elif args.command == "probe":

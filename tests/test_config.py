@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from orchestra_rl.config import ConfigError, describe_error, final_tool_names, load_config
+from orchestra_rl.config import ConfigError, ToolConfig, ToolsConfig, describe_error, final_tool_names, load_config
 
 
 def error_line(*overrides: str) -> str:
@@ -148,3 +148,14 @@ def test_the_routing_experiment_is_one_override_on_top_of_the_default():
     assert load_config(["+experiment=routing", "train.steps=60", "seed=1"]).train.steps == 60
     default = load_config()
     assert list(default.env) == ["qa", "orders"] and not default.sft.think and default.train.steps == 20
+
+
+def test_a_kinds_settings_are_the_enabled_tools_else_a_disabled_ones():
+    """Where a tool's limits apply though it may not be offered (the sandbox of model-written tools, `orchestra-rl
+    sandbox`, `bench sandbox`): the enabled tool of the kind first, whatever its name."""
+    tools = ToolsConfig(tools={"py_off": ToolConfig(kind="python", enabled=False, timeout_s=3.0),
+                               "py": ToolConfig(kind="python", timeout_s=7.0), "search": ToolConfig(kind="search")})
+    assert tools.settings_of_kind("python").timeout_s == 7.0
+    tools.tools["py"].enabled = False
+    assert tools.settings_of_kind("python").timeout_s == 3.0  # none enabled: the first configured
+    assert tools.settings_of_kind("llm") is None

@@ -48,9 +48,9 @@ async def _measure(tool: PythonTool, runs: int, concurrency: int) -> dict[str, f
 
 
 def run_sandbox_bench(cfg: Config) -> dict[str, Any]:
-    python = cfg.tools.tools.get("python")
-    if python is None or python.kind != "python":
-        raise ValueError("bench sandbox needs a tool named 'python' of kind python in tools.tools")
+    python = cfg.tools.settings_of_kind("python")
+    if python is None:
+        raise ValueError("bench sandbox needs a tool of kind python in tools.tools (its limits are benchmarked)")
     b = cfg.bench
     results: dict[str, Any] = {}
     unavailable: dict[str, str] = {}

@@ -142,6 +142,10 @@ class ToolsConfig:
         """The name of the first enabled tool of this kind (e.g. "search", "answer"), or None."""
         return next((name for name, t in self.tools.items() if t.enabled and t.kind == kind), None)
 
+    def settings_of_kind(self, kind: str) -> ToolConfig | None:
+        """The enabled tool's settings of this kind, else a disabled one's (its limits apply off the policy too)."""
+        return next((t for t in sorted(self.tools.values(), key=lambda t: not t.enabled) if t.kind == kind), None)
+
 
 @dataclass
 class ExpertModelConfig:

@@ -67,7 +67,7 @@ class ToolkitRun:
 def toolkit_limits(tools: ToolsConfig) -> SandboxLimits:
     """The sandbox limits of model-written tool code: the configured python tool's (its defaults if none is
     configured), with room for the database."""
-    python = next((t for t in tools.tools.values() if t.kind == "python"), ToolConfig(kind="python"))
+    python = tools.settings_of_kind("python") or ToolConfig(kind="python")
     limits = SandboxLimits.from_tool_config(python)
     return SandboxLimits(**{**limits.__dict__, "max_output_bytes": max(limits.max_output_bytes, MAX_OUTPUT_BYTES)})
 

@@ -68,7 +68,7 @@ class LearnerGroup:
             try:
                 gather([w.ready.remote() for w in self.workers])
                 return
-            except Exception as e:  # noqa: BLE001 - the group is unusable either way; retried or shut down
+            except Exception as e:  # the group is unusable either way: retried on another port, or shut down
                 if "EADDRINUSE" in str(e) and attempt < RENDEZVOUS_ATTEMPTS:
                     log.warning("the learners' rendezvous port %d was taken before rank 0 bound it; starting the "
                                 "group again on another", port)

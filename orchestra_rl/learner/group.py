@@ -143,4 +143,3 @@ class LearnerGroup:
         placement, self.placement = getattr(self, "placement", None), None
         if placement is not None:
             remove_placement_group(placement)
-

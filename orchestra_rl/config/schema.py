@@ -104,8 +104,7 @@ class ToolConfig:
     max_processes: int = 32
     max_file_mb: int = 16
     max_output_bytes: int = 8192
-    # search
-    backend: str = "bm25"  # bm25 (local corpus) | tavily (web; needs api_key_env set)
+    backend: str = "bm25"  # search: bm25 (local corpus) | tavily (web; needs api_key_env set)
     top_k: int = 3
     # llm (and tavily): any OpenAI-compatible endpoint. base_url "experts" = the built-in simulated experts.
     model: str = ""
@@ -144,7 +143,8 @@ class ToolsConfig:
 
     def settings_of_kind(self, kind: str) -> ToolConfig | None:
         """The enabled tool's settings of this kind, else a disabled one's (its limits apply off the policy too)."""
-        return next((t for t in sorted(self.tools.values(), key=lambda t: not t.enabled) if t.kind == kind), None)
+        enabled = self.enabled_of_kind(kind)
+        return self.tools[enabled] if enabled else next((t for t in self.tools.values() if t.kind == kind), None)
 
 
 @dataclass

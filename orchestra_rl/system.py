@@ -7,6 +7,7 @@
         system.reward          the reward actor
         system.learners        the FSDP2 learner group (in its own placement group)
         system.sync_weights()  learner → every engine (orchestra_rl/weight_sync.py)
+        system.load_policy(p)  a saved checkpoint → every engine, when it fits them (`can_load`)
 
 `eval`, `bench`, `sft` and `train` all build through `System`, so the default embedded run and a GPU cluster
 differ only by configuration (cluster address, resources, model, engine settings). `ray_session` is the one
@@ -35,7 +36,7 @@ from orchestra_rl.rollout.worker import make_rollout_worker
 from orchestra_rl.tools.base import ToolContext
 from orchestra_rl.tools.executor import close_executor, make_executor
 from orchestra_rl.types import Task
-from orchestra_rl.weight_sync import WeightSync
+from orchestra_rl.weight_sync import WeightSync, interchangeable
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class System:
             raise RuntimeError("System needs a running Ray: build it inside `with ray_session(cfg):`")
         self.cfg = cfg
         self.model_path = model_path or resolve_model_path(cfg)
+        self._engine_model = self.model_path  # what the engines were built from (load_policy swaps weights only)
         self._stop = contextlib.ExitStack()
         self.rollout: RolloutManager | None = None
         self.learners: LearnerGroup | None = None
@@ -133,6 +135,22 @@ class System:
         the engines' next); bytes and seconds."""
         assert self._weight_sync is not None, "sync_weights needs System(..., rollout=True, learners=True)"
         return self._weight_sync(version)
+
+    def can_load(self, checkpoint: str) -> str | None:
+        """None when `load_policy(checkpoint)` can swap it into the running engines; else why not."""
+        if self.rollout is None:
+            return "this System runs no rollout workers"
+        return interchangeable(self._engine_model, checkpoint)
+
+    def load_policy(self, checkpoint: str) -> None:
+        """Load a saved HF checkpoint into every rollout worker's engine, in place of the policy they run: no new
+        engines, so evaluating several checkpoints of one model costs one start."""
+        why_not = self.can_load(checkpoint)
+        if why_not:
+            raise ValueError(f"cannot load {checkpoint} into the running engines: {why_not}")
+        assert self.rollout is not None
+        ray.get([w.receive_weights.remote("receive_checkpoint", checkpoint) for w in self.rollout.workers])
+        self.model_path = checkpoint
 
     @functools.cached_property
     def tokenizer(self):

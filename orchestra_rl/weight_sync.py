@@ -18,11 +18,13 @@ on the learner group, and reports bytes and seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 Metadata = list[tuple[str, list[int], str]]  # what a broadcast carries, in order: (name, shape, dtype)
@@ -38,6 +40,61 @@ def engine_tensors(state_dict: dict, dtype: str | None = None) -> dict:
     cast = getattr(torch, dtype) if dtype else None
     return {k: v.detach().to("cpu", dtype=cast if v.is_floating_point() else None).contiguous().clone()
             for k, v in state_dict.items()}
+
+
+def with_tied_lm_head(tensors: dict, tied: bool) -> dict:
+    """`tensors` with lm_head.weight added as the embeddings when the model ties them and a file left it out
+    (safetensors refuses shared tensors, so HF checkpoints drop it)."""
+    if tied and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+        return {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
+    return tensors
+
+
+# config.json keys that say where a model came from or how it was stored, not what the engine computes.
+PROVENANCE_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")
+
+
+def _config(folder: str) -> dict:
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in PROVENANCE_KEYS}
+
+
+def _tokenization(folder: str) -> tuple[bytes | None, str | None]:
+    """What turns text into the engine's tokens: tokenizer.json, and the chat template (its own file, or the
+    tokenizer config's entry)."""
+    path = Path(folder)
+    tokenizer = (path / "tokenizer.json").read_bytes() if (path / "tokenizer.json").exists() else None
+    if (path / "chat_template.jinja").exists():
+        return tokenizer, (path / "chat_template.jinja").read_text()
+    config = path / "tokenizer_config.json"
+    return tokenizer, json.loads(config.read_text()).get("chat_template") if config.exists() else None
+
+
+def interchangeable(engine_model: str, checkpoint: str) -> str | None:
+    """None when an engine started from `engine_model` can take `checkpoint`'s weights as they are (same
+    architecture and sizes, same tokenizer and chat template); else why not."""
+    ours, theirs = _config(engine_model), _config(checkpoint)
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        return f"its config.json differs from the running model's in {differ}"
+    tokenizer, template = _tokenization(checkpoint)
+    if tokenizer is None or (tokenizer, template) != _tokenization(engine_model):
+        return "its tokenizer.json or chat template differs from the running model's"
+    return None
+
+
+def checkpoint_tensors(folder: str) -> list:
+    """Every tensor of an HF checkpoint folder's safetensors shards, the tied lm_head as its own entry."""
+    from safetensors.torch import load_file
+
+    shards = sorted(Path(folder).glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no *.safetensors in {folder}")
+    tensors: dict = {}
+    for shard in shards:
+        tensors.update(load_file(str(shard)))
+    tied = json.loads((Path(folder) / "config.json").read_text()).get("tie_word_embeddings", False)
+    return list(with_tied_lm_head(tensors, tied).items())
 
 
 def nbytes(tensors) -> int:
@@ -126,6 +183,10 @@ class WeightReceiver:
 
     def receive_file(self, path: str) -> int:
         return _load_into_engine(self.model_runner, FileTransport.receive(path))  # type: ignore[attr-defined]
+
+    def receive_checkpoint(self, folder: str) -> int:
+        """A saved HF checkpoint (checked first with `interchangeable`), read from its folder."""
+        return _load_into_engine(self.model_runner, checkpoint_tensors(folder))  # type: ignore[attr-defined]
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
         self._sync_transport = CollectiveTransport(host, port, rank, world_size, backend)

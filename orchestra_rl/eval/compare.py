@@ -4,8 +4,10 @@
         eval.baselines='[only:large_generalist, random, best]'
 
 Every entry runs the same tasks (the split's, stratified by family, eval.max_tasks) with the same trials and
-seeds, through the same tools and experts: a policy on its own rollout workers (one System per checkpoint, one
-after the other), the baselines (eval/baselines.py) through one System without an engine. With baselines, the
+seeds, through the same tools and experts. The policies run one after the other on one System: each checkpoint
+is loaded into the running engines when it has their model's shape and tokenizer (System.load_policy), else it
+gets a System of its own. The baselines (eval/baselines.py) reuse the last System (without a policy: one with no
+engine). With baselines, the
 tasks are the QA world's (the families they know). Written to eval.output_dir/<time>/: comparison.json
 (per entry, per family and overall: accuracy, $ per task, $ per correct answer, latency, tool mix; and the
 Pareto front), pareto.png (accuracy against $ per task), and each entry's report.json, tasks.json and
@@ -28,6 +30,7 @@ from orchestra_rl.eval.pareto import pareto_front, plot_pareto
 from orchestra_rl.eval.report import print_side_by_side, summarize
 from orchestra_rl.eval.run import evaluate, select_tasks, write_eval
 from orchestra_rl.metrics import copying_tools
+from orchestra_rl.models.tiny import resolve_model_path
 from orchestra_rl.system import System
 from orchestra_rl.types import Task
 
@@ -46,20 +49,32 @@ def run_comparison(cfg: Config) -> dict[str, Any]:
         task_ids[name] = [t.task_id for t in tasks]
         write_eval(out_dir / name, {"name": name, "split": e.split, **entries[name]}, trajectories, tasks)
 
-    for name, path in e.compare.items():
-        start = time.perf_counter()
-        with System(cfg, path or None) as system:
+    system: System | None = None
+    try:
+        for name, path in e.compare.items():
+            start = time.perf_counter()
+            checkpoint = path or resolve_model_path(cfg)
+            if system is not None and system.can_load(checkpoint) is None:
+                system.load_policy(checkpoint)
+                print(f"{name}: {checkpoint} loaded into the running engines")
+            else:
+                if system is not None:
+                    system.close()
+                system = System(cfg, checkpoint)
             tasks = select_tasks(system, e.split, e.max_tasks, families)
             summary, trajectories = evaluate(system, tasks, e.group_size, desc=name)
             record(name, "policy", system.model_path, tasks, trajectories, summary, time.perf_counter() - start)
-    if baselines:
-        with System(cfg, rollout=False) as system:
+        if baselines:
+            system = system or System(cfg, rollout=False)
             tasks = select_tasks(system, e.split, e.max_tasks, families)
             for name in baselines:
                 start = time.perf_counter()
                 trajectories = run_baseline(cfg, system, tasks, name, e.group_size)
                 summary = summarize(trajectories, tasks, system.tool_names, copying_tools(cfg.tools.tools))
                 record(name, "baseline", None, tasks, trajectories, summary, time.perf_counter() - start)
+    finally:
+        if system is not None:
+            system.close()
     if len({tuple(ids) for ids in task_ids.values()}) != 1:  # the comparison's premise, checked
         raise RuntimeError(f"the entries were evaluated on different tasks: {task_ids}")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from orchestra_rl.weight_sync import with_tied_lm_head
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -106,9 +108,9 @@ def load_full_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     A tied lm_head missing from the file (see save_hf_checkpoint) is re-tied to the embeddings."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    if state_dict and "lm_head.weight" not in state_dict and "model.embed_tokens.weight" in state_dict \
-            and hasattr(model, "lm_head") and getattr(model.config, "tie_word_embeddings", False):
-        state_dict = {**state_dict, "lm_head.weight": state_dict["model.embed_tokens.weight"]}
+    if state_dict:
+        state_dict = with_tied_lm_head(state_dict, hasattr(model, "lm_head")
+                                       and getattr(model.config, "tie_word_embeddings", False))
     if not _is_distributed():
         model.load_state_dict(state_dict)
         return

@@ -60,6 +60,8 @@ def test_eval_compares_policies_and_baselines_on_the_same_tasks(cache_dir, tmp_p
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "policies and baselines on test" in proc.stdout and "$ / correct" in proc.stdout
+    # One System for all: the SFT checkpoint (same model, same tokenizer) swapped into the init policy's engines.
+    assert f"sft: {sft_checkpoint} loaded into the running engines" in proc.stdout
 
     (run_dir,) = list(out.iterdir())
     comparison = json.loads((run_dir / "comparison.json").read_text())

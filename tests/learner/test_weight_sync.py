@@ -3,6 +3,7 @@ vLLM engine, and the engine then scores tokens exactly as the learner does; a ch
 
 import copy
 import glob
+import json
 
 import pytest
 import ray
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestra_rl.bench.sync import linear_fit, measure_sync
 from orchestra_rl.checkpoint import POLICY_DIR
+from orchestra_rl.learner.fsdp import save_hf_checkpoint
 from orchestra_rl.learner.group import LearnerGroup
 from orchestra_rl.system import System
 from orchestra_rl.weight_sync import WeightSync
@@ -99,6 +101,45 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
             tokenizer.encode("What is 2+2?")
     finally:
         group.shutdown()
+
+
+def hf_logprobs(folder: str, sequence: list[int]) -> list[float]:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([sequence])
+    with torch.no_grad():
+        return model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+
+
+def test_a_saved_checkpoint_loads_into_the_running_engines_and_scores_as_transformers(runtime, tmp_path):
+    """System.load_policy: the way `eval` runs several checkpoints on one set of engines."""
+    base = runtime.model_path
+    sequence = AutoTokenizer.from_pretrained(base).encode("What is 17 * 23? <tool_call>python</tool_call>")
+    worker = runtime.rollout.workers[0]
+    # Another policy of the same model: every weight moved, the embeddings too (tied: a stale lm_head would show).
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+    checkpoint = save_hf_checkpoint(state, base, str(tmp_path / "other"))
+    try:
+        runtime.load_policy(base)  # the engine may hold an earlier test's synced weights
+        before = ray.get(worker.prompt_logprobs.remote(sequence))
+        assert max_diff(before, hf_logprobs(base, sequence)) < 1e-3
+        runtime.load_policy(checkpoint)
+        assert runtime.model_path == checkpoint
+        after = ray.get(worker.prompt_logprobs.remote(sequence))
+        assert max_diff(after, hf_logprobs(checkpoint, sequence)) < 1e-3
+        assert max_diff(after, before) > 0.05
+
+        # A checkpoint of another shape is refused before anything is loaded: the engines keep their policy.
+        config = json.loads((tmp_path / "other" / "config.json").read_text())
+        (tmp_path / "other" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 9}))
+        assert "num_hidden_layers" in runtime.can_load(checkpoint)
+        with pytest.raises(ValueError, match="cannot load .* into the running engines: .*num_hidden_layers"):
+            runtime.load_policy(checkpoint)
+        assert max_diff(ray.get(worker.prompt_logprobs.remote(sequence)), after) < 1e-6
+    finally:
+        runtime.load_policy(base)  # the module's other tests expect the base model
+    assert max_diff(ray.get(worker.prompt_logprobs.remote(sequence)), before) < 1e-5
 
 
 def test_bench_sync_measures_the_same_bytes_through_both_transports(runtime):

@@ -55,6 +55,7 @@ def test_final_tools_are_the_enabled_answer_tools_and_final_answer_experts():
     ("train.eval_trials=-1", "config error: train.eval_trials: must be >= 0 (0: rollout.group_size)"),
     ("sft.think_every_call=true", "config error: sft.think_every_call: needs sft.think=true"),
     ("sft.think_progress=true", "config error: sft.think_progress: needs sft.think=true"),
+    ("sft.think=true sft.think_count=true", "config error: sft.think_count: needs sft.think_progress=true"),
     ("sft.replay_drills=-1", "config error: sft.replay_drills: must be >= 0 (0: demonstrations only)"),
     ("reward.mode=relative", "config error: reward.mode: must be group or absolute, got 'relative'"),
     ("reward.judge_tool=jduge", "config error: reward.judge_tool: 'jduge' is not an enabled llm tool"),

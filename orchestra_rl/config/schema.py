@@ -316,8 +316,7 @@ class SFTConfig:
     enabled: bool = True
     num_demos: int = 512
     only_correct: bool = False  # keep only demonstrations whose final answer is right (see sft/demos.py)
-    # Each environment golden replay (τ²-Bench train tasks, sft/demos.environment_demos) enters the data this often:
-    # a domain has tens of tasks where the QA world gives hundreds of demonstrations.
+    # How often each environment golden replay (sft/demos.environment_demos) enters: a domain has tens of tasks.
     env_demo_repeats: int = 1
     # 6 with the replayed drills below (8 before them: the last epoch's loss was 0.03, and the default run fits its
     # 20 minutes with the drills at 6); 3 taught the format but not yet the tool choice (docs/benchmarks.md).
@@ -336,9 +335,9 @@ class SFTConfig:
     think_every_call: bool = False
     # With think: every later turn opens with what has been read so far instead, each entity name with its fact or
     # "?", then the answer as "result" or "?" (sft/scripted.progress): what decides the next call, written before it.
-    # With think_every_call too, one thought holds both: the first thought's line, then what has been read (longer
-    # turns: rollout.max_tokens_per_turn=160 and max_total_tokens=2560 fit them; docs/benchmarks.md, not kept).
+    # With think_every_call too, one thought holds both (rollout.max_tokens_per_turn=160, max_total_tokens=2560).
     think_progress: bool = False
+    think_count: bool = False  # with think_progress: what has been read opens with "1 of 2 names read"
     # After a demonstration's first call (the pool's varied choice, each first tool once), what is still unread
     # decides its next, by one rule in every family (sft/scripted.ScriptedPolicy._reading_call): answer once a
     # response holds the answer, search an unread name, compute once the numbers are read. So what follows a

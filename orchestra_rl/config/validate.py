@@ -161,6 +161,7 @@ def validate(cfg: Config) -> Config:
     _check(cfg.sft.env_demo_repeats > 0, "sft.env_demo_repeats", "must be > 0")
     _check(cfg.sft.think or not cfg.sft.think_every_call, "sft.think_every_call", "needs sft.think=true")
     _check(cfg.sft.think or not cfg.sft.think_progress, "sft.think_progress", "needs sft.think=true")
+    _check(cfg.sft.think_progress or not cfg.sft.think_count, "sft.think_count", "needs sft.think_progress=true")
     _check(cfg.sft.replay_drills >= 0, "sft.replay_drills", "must be >= 0 (0: demonstrations only)")
     _validate_env(cfg)
     for key in ("num_trajectories", "concurrency", "turns", "tokens_per_turn", "sandbox_runs", "sandbox_concurrency",

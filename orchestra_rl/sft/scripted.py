@@ -74,7 +74,7 @@ def _names_first(task: Task) -> str:
     return f"{'; '.join(names) + ': ' if names else ''}{asked}"
 
 
-def progress(task: Task, responses: list[str]) -> str:
+def progress(task: Task, responses: list[str], count: bool = False) -> str:
     """The thought after tool responses with sft.think_progress: what has been read so far, by one rule in every
     family and naming no tool. Each of the question's entity names with its fact once a line of a response holds
     both, then the answer as "result" once a response holds it ("answer" would name the answer tool); "?" for what
@@ -82,14 +82,18 @@ def progress(task: Task, responses: list[str]) -> str:
     Labs: ?; result: ?" behind a multihop question's first), a number without thousands separators, as a python
     expression or an answer takes it. The names-first thought restates what is asked; this writes what decides the
     next call, whether every fact asked has been read, right before that call. As in the demonstrations' answers,
-    the gold answer and the expression's numbers only recognise a fact where a response states it."""
-    return _think(_read_so_far(task, responses))
+    the gold answer and the expression's numbers only recognise a fact where a response states it. With `count`
+    (sft.think_count) it opens with how many of the names are read ("1 of 2 names read; Nalzoum Systems: ..."):
+    whether the question's names are all read becomes two small numbers to compare."""
+    return _think(_read_so_far(task, responses, count))
 
 
-def _read_so_far(task: Task, responses: list[str]) -> str:
-    read = [f"{name}: {fact or '?'}" for name, fact in facts_read(task, responses).items()]
+def _read_so_far(task: Task, responses: list[str], count: bool = False) -> str:
+    facts = facts_read(task, responses)
+    counted = [f"{sum(fact is not None for fact in facts.values())} of {len(facts)} names read"] if count else []
+    read = [f"{name}: {fact or '?'}" for name, fact in facts.items()]
     answer = task.answer if find_span("\n".join(responses), task.answer) else "?"
-    return "; ".join([*read, f"result: {answer}"])
+    return "; ".join([*counted, *read, f"result: {answer}"])
 
 
 def facts_read(task: Task, responses: list[str]) -> dict[str, str | None]:
@@ -111,9 +115,9 @@ def turn_thought(thinking: SFTConfig | None, task: Task, responses: list[str]) -
     if not responses:
         return thought(task)
     if thinking.think_progress and thinking.think_every_call:
-        return _think(_names_first(task), _read_so_far(task, responses))
+        return _think(_names_first(task), _read_so_far(task, responses, thinking.think_count))
     if thinking.think_progress:
-        return progress(task, responses)
+        return progress(task, responses, thinking.think_count)
     return thought(task) if thinking.think_every_call else ""
 
 

@@ -171,6 +171,18 @@ def test_the_progress_thought_writes_each_name_with_its_fact_and_the_answer_once
         "Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
 
 
+def test_the_counting_thought_opens_what_was_read_with_how_many_names_are_read():
+    counted = SFTConfig(think=True, think_progress=True, think_count=True)
+    assert turn_thought(counted, MULTIHOP, []) == thought(MULTIHOP)  # the first turn's thought is unchanged
+    assert turn_thought(counted, MULTIHOP, [NALZOUM]) == \
+        "<think>1 of 2 names read; Nalzoum Systems: 4180; Jaestan Labs: ?; result: ?</think>\n"
+    assert turn_thought(counted, MULTIHOP, [NALZOUM, JAESTAN]) == \
+        "<think>2 of 2 names read; Nalzoum Systems: 4180; Jaestan Labs: 1200; result: ?</think>\n"
+    assert turn_thought(counted, LOOKUP, [FEIMORA]) == "<think>1 of 1 names read; Feimora: 41200; result: 41200</think>\n"
+    assert turn_thought(counted, HARD, [ANA_RO]) == "<think>0 of 1 names read; Ana Ro: ?; result: ?</think>\n"
+    assert turn_thought(counted, ARITHMETIC, ["171982\n"]) == "<think>0 of 0 names read; result: 171982</think>\n"
+
+
 def test_attempts_not_kept_as_demonstrations_are_counted_by_why():
     def ended(stop_reason: str, *finish_reasons: str) -> Trajectory:
         return Trajectory("t", "lookup", 0, [], [], [], 0, [Turn("", 1, f) for f in finish_reasons], None, stop_reason)

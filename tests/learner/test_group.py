@@ -1,11 +1,11 @@
 """LearnerGroup over real Ray actors, gloo and FSDP2: N learners compute the update of one; PPO trains its critic;
 a checkpoint resumes exactly."""
 
+import contextlib
 import dataclasses
 import math
 import socket
 import time
-from typing import ClassVar
 
 import pytest
 import ray
@@ -145,13 +145,14 @@ class FirstPortTaken(LearnerGroup):
     """The race the group survives: the first rendezvous port it picks is bound by another socket (here this test's,
     listening) before rank 0 starts, as another process on the node may do."""
 
-    squatters: ClassVar[list[socket.socket]] = []  # the test closes them, even when the constructor raises
+    def __init__(self, cfg, model_path: str, squatters: contextlib.ExitStack):
+        self.squatters, self.ports = squatters, []  # the test's: it closes the socket, even if this raises
+        super().__init__(cfg, model_path)
 
     def rank0_address(self) -> tuple[str, int]:
         host, port = super().rank0_address()
-        if not hasattr(self, "ports"):
-            self.ports = []
-            self.squatters.append(socket.create_server((host, port)))
+        if not self.ports:
+            self.squatters.enter_context(socket.create_server((host, port)))
         self.ports.append(port)
         return host, port
 
@@ -159,18 +160,13 @@ class FirstPortTaken(LearnerGroup):
 def test_a_rendezvous_port_taken_before_rank_0_binds_it_starts_the_group_on_another(make_config, tiny_model_path,
                                                                                     ray_local, tmp_path):
     cfg = make_config("learner.num_learners=1", "learner.num_cpus_per_learner=0.25")  # rank 0 binds the port
-    try:
-        group = FirstPortTaken(cfg, tiny_model_path)
-        try:
-            assert len(group.ports) == 2 and group.ports[0] != group.ports[1]
-            initial = load_file(f"{tiny_model_path}/model.safetensors")
-            sent = weights(group, tmp_path / "w.safetensors")  # the policy gathered through the group: it works
-            assert initial.keys() <= sent.keys() and all(torch.equal(sent[k], initial[k]) for k in initial)
-        finally:
-            group.shutdown()
-    finally:
-        for squatter in FirstPortTaken.squatters:
-            squatter.close()
+    with contextlib.ExitStack() as squatters:
+        group = FirstPortTaken(cfg, tiny_model_path, squatters)
+        squatters.callback(group.shutdown)  # first out, before the socket closes
+        assert len(group.ports) == 2 and group.ports[0] != group.ports[1]
+        initial = load_file(f"{tiny_model_path}/model.safetensors")
+        sent = weights(group, tmp_path / "w.safetensors")  # the policy gathered through the group: it works
+        assert initial.keys() <= sent.keys() and all(torch.equal(sent[k], initial[k]) for k in initial)
 
 
 def test_bf16_compute_updates_fp32_master_weights(make_config, tiny_model_path, ray_local, samples, tmp_path):

@@ -128,18 +128,22 @@ async def test_tool_pool_round_robins_over_executors(start_executor):
 
 async def test_a_killed_executor_loses_no_call(start_executor, openai_stub_server):
     # Two executors; the process of the one serving half the calls is SIGKILLed while they wait on the API.
-    openai_stub_server.delay_s = 1.5
     executors = [start_executor(), start_executor()]
     pool = ToolPool(executors)
     pid = await executors[0].pid.remote()
+    # One call each first: both actors up and their API clients made, so the four below reach the API at once.
+    await asyncio.gather(*(e.call.remote("math", {"question": "warm-up"}) for e in executors))
+    warm_up_calls, openai_stub_server.delay_s = openai_stub_server.calls, 1.5
     calls = [asyncio.ensure_future(pool.call("math", {"question": f"q{i}"})) for i in range(4)]
-    await asyncio.sleep(0.7)
+    deadline = time.monotonic() + 1.0
+    while openai_stub_server.in_flight < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert openai_stub_server.in_flight == 4
     os.kill(pid, signal.SIGKILL)
     results = await asyncio.gather(*calls)
     assert [(r.text, r.error) for r in results] == [("42", None)] * 4
     assert await executors[0].pid.remote() != pid  # restarted by Ray, serving again
-    assert openai_stub_server.calls == 6  # the two calls in flight on the dead one were sent again
+    assert openai_stub_server.calls - warm_up_calls == 6  # the two calls in flight on the dead one were sent again
 
 
 class SlowTool(Tool):

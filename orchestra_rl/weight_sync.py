@@ -12,6 +12,9 @@ vLLM worker process, through `WeightReceiver`, vLLM's `worker_extension_cls`). `
   use); rank 0 broadcasts tensor by tensor into buffers the engines then load. No file, any node. Backend:
   learner.backend (gloo on CPU, tested here; NCCL with GPU-resident buffers on GPUs).
 
+`WeightReceiver.receive_checkpoint` loads a saved HF checkpoint instead (System.load_policy: an evaluation of
+several checkpoints on one set of engines), once `interchangeable` says it has the engine's shape and tokenizer.
+
 `WeightSync` drives one sync from the driver: it starts the receive half on every rollout worker and the send half
 on the learner group, and reports bytes and seconds.
 """
@@ -72,7 +75,9 @@ def _tokenization(folder: str) -> tuple[bytes | None, str | None]:
 
 def interchangeable(engine_model: str, checkpoint: str) -> str | None:
     """None when an engine started from `engine_model` can take `checkpoint`'s weights as they are (same
-    architecture and sizes, same tokenizer and chat template); else why not."""
+    architecture and sizes, same tokenizer and chat template); else why not (a hub name, not a folder: not here)."""
+    if not (Path(checkpoint) / "config.json").exists():
+        return f"no config.json in {checkpoint}"
     ours, theirs = _config(engine_model), _config(checkpoint)
     if ours != theirs:
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))

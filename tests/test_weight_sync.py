@@ -39,6 +39,8 @@ def test_only_a_checkpoint_of_the_same_shape_and_tokenizer_is_interchangeable(tm
     own_file = model_folder(tmp_path / "jinja", template="ignored")
     (tmp_path / "jinja" / "chat_template.jinja").write_text(TEMPLATE)
     assert interchangeable(base, own_file) is None
+    # Not a model folder (a hub name, a run folder): not interchangeable, so it gets engines of its own.
+    assert interchangeable(base, str(tmp_path)) == f"no config.json in {tmp_path}"
 
 
 def test_checkpoint_tensors_reads_every_shard_and_unties_the_lm_head(tmp_path):

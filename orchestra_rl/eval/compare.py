@@ -7,8 +7,7 @@ Every entry runs the same tasks (the split's, stratified by family, eval.max_tas
 seeds, through the same tools and experts. The policies run one after the other on one System: each checkpoint
 is loaded into the running engines when it has their model's shape and tokenizer (System.load_policy), else it
 gets a System of its own. The baselines (eval/baselines.py) reuse the last System (without a policy: one with no
-engine). With baselines, the
-tasks are the QA world's (the families they know). Written to eval.output_dir/<time>/: comparison.json
+engine). With baselines, the tasks are the QA world's (the families they know). Written to eval.output_dir/<time>/: comparison.json
 (per entry, per family and overall: accuracy, $ per task, $ per correct answer, latency, tool mix; and the
 Pareto front), pareto.png (accuracy against $ per task), and each entry's report.json, tasks.json and
 trajectories.jsonl in a folder of its name. The plot and the table also go to W&B unless

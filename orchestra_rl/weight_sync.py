@@ -140,18 +140,33 @@ class FileTransport:
 class CollectiveTransport:
     """A process group of learner rank 0 (its rank 0, hosting the store) and one process per engine."""
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str):
+    def __init__(self, store, rank: int, world_size: int, backend: str):
         import torch.distributed as dist
 
-        timeout = timedelta(seconds=SYNC_GROUP_TIMEOUT_S)
-        # Kept alive as long as the group: rank 0 hosts the store the others rendezvous through.
-        self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
-                                   wait_for_workers=False)
-        prefixed = dist.PrefixStore("orchestra_rl/weight_sync", self.store)
+        self.store = store  # kept alive as long as the group: rank 0's hosts the rendezvous
+        prefixed = dist.PrefixStore("orchestra_rl/weight_sync", store)
         if backend == "nccl":
             self.group, self.device = dist.ProcessGroupNCCL(prefixed, rank, world_size), "cuda"
         else:  # config validation admits gloo | nccl
+            timeout = timedelta(seconds=SYNC_GROUP_TIMEOUT_S)
             self.group, self.device = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout), "cpu"
+
+    @staticmethod
+    def host_store(host: str, world_size: int):
+        """Rank 0's store on a port the OS picks (`.port`): bound before any member learns it, so no other process
+        can take it in between."""
+        import torch.distributed as dist
+
+        return dist.TCPStore(host, 0, world_size, is_master=True, timeout=timedelta(seconds=SYNC_GROUP_TIMEOUT_S),
+                             wait_for_workers=False)
+
+    @classmethod
+    def join(cls, host: str, port: int, rank: int, world_size: int, backend: str) -> "CollectiveTransport":
+        """A member's side (rank >= 1): connect to rank 0's store at host:port, then form the group."""
+        import torch.distributed as dist
+
+        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timedelta(seconds=SYNC_GROUP_TIMEOUT_S))
+        return cls(store, rank, world_size, backend)
 
     def _broadcast(self, tensor) -> None:
         import torch.distributed as dist
@@ -194,7 +209,7 @@ class WeightReceiver:
         return _load_into_engine(self.model_runner, checkpoint_tensors(folder))  # type: ignore[attr-defined]
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
-        self._sync_transport = CollectiveTransport(host, port, rank, world_size, backend)
+        self._sync_transport = CollectiveTransport.join(host, port, rank, world_size, backend)
         return True
 
     def receive_broadcast(self, metadata: Metadata) -> int:
@@ -239,13 +254,14 @@ class WeightSync:
         return {"bytes": float(sent), "seconds": time.perf_counter() - start}
 
     def _form_group(self) -> None:
-        """Learner rank 0 is rank 0 of the weight-sync group, rollout worker i its rank i + 1."""
+        """Learner rank 0 is rank 0 of the weight-sync group (its store already bound), rollout worker i its
+        rank i + 1."""
         import ray
 
-        host, port = self.learners.rank0_address()
         world = 1 + len(self.rollout_workers)
+        host, port = self.learners.open_weight_sync(world)
         joins = [w.join_weight_sync.remote(host, port, i + 1, world, self.learners.backend)
                  for i, w in enumerate(self.rollout_workers)]
-        self.metadata = self.learners.join_weight_sync(host, port, world)
+        self.metadata = self.learners.join_weight_sync(world)
         ray.get(joins)
         self.members = list(self.rollout_workers)

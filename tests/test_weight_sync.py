@@ -2,12 +2,14 @@
 tests/learner/test_weight_sync.py for a checkpoint loaded into a running vLLM engine)."""
 
 import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from orchestra_rl.weight_sync import checkpoint_tensors, interchangeable
+from orchestra_rl.weight_sync import CollectiveTransport, checkpoint_tensors, interchangeable
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 300,
           "tie_word_embeddings": True, "_name_or_path": "/models/base", "transformers_version": "4.57.0",
@@ -58,3 +60,21 @@ def test_checkpoint_tensors_reads_every_shard_and_unties_the_lm_head(tmp_path):
     assert "lm_head.weight" not in dict(checkpoint_tensors(str(folder)))  # untied: the file's own, or none
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors in"):
         checkpoint_tensors(str(tmp_path))
+
+
+def test_the_collective_group_forms_on_a_store_bound_before_its_port_is_handed_out():
+    """Rank 0's store takes a port the OS picks and holds it from then on: no other process can take the port
+    between its choice and the members' connecting (the race a port picked first and bound later has)."""
+    store = CollectiveTransport.host_store("127.0.0.1", 2)
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", store.port))
+    weights = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    metadata = CollectiveTransport.metadata(weights)
+    with ThreadPoolExecutor(2) as pool:  # two members of one gloo group, each in its own thread
+        member = pool.submit(CollectiveTransport.join, "127.0.0.1", store.port, 1, 2, "gloo")
+        rank0 = CollectiveTransport(store, 0, 2, "gloo")
+        member = member.result(timeout=60)
+        received = pool.submit(member.receive, metadata)
+        assert rank0.send(weights, metadata) == 4 * 9
+        assert {name: t.tolist() for name, t in received.result(timeout=60)} == \
+            {name: t.tolist() for name, t in weights.items()}

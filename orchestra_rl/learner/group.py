@@ -114,9 +114,14 @@ class LearnerGroup:
         """Gather the policy; rank 0 writes it to `path`, or broadcasts it over the weight-sync group (None)."""
         return gather([w.send_weights.remote(path) for w in self.workers])[0]
 
-    def join_weight_sync(self, host: str, port: int, world_size: int):
+    def open_weight_sync(self, world_size: int) -> tuple[str, int]:
+        """Rank 0 hosts the weight-sync group's store; its address and port, for the other members."""
+        host, _ = self.rank0_address()
+        return host, ray.get(self.workers[0].open_weight_sync.remote(host, world_size))
+
+    def join_weight_sync(self, world_size: int):
         """Rank 0 joins the weight-sync group as its rank 0; returns the broadcast's metadata."""
-        return gather([w.join_weight_sync.remote(host, port, world_size) for w in self.workers])[0]
+        return gather([w.join_weight_sync.remote(world_size) for w in self.workers])[0]
 
     def save_checkpoint(self, directory: str) -> None:
         gather([w.save_checkpoint.remote(directory) for w in self.workers])

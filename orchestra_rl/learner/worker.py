@@ -263,14 +263,19 @@ class LearnerWorker:
 
     # ---- weights out and in ----
 
-    def join_weight_sync(self, host: str, port: int, world_size: int) -> Metadata | None:
-        """Collective transport: gather the policy (collective); rank 0 joins the weight-sync group as its rank 0
-        and returns what each sync will send, in order. Other ranks return None."""
+    def open_weight_sync(self, host: str, world_size: int) -> int:
+        """Rank 0: host the weight-sync group's store at `host`; returns its port (bound already)."""
+        self.sync_store = CollectiveTransport.host_store(host, world_size)
+        return self.sync_store.port
+
+    def join_weight_sync(self, world_size: int) -> Metadata | None:
+        """Collective transport: gather the policy (collective); rank 0 joins the weight-sync group it hosts (see
+        open_weight_sync) as its rank 0 and returns what each sync will send, in order. Other ranks return None."""
         state = fsdp.full_state_dict(self.policy)
         if self.rank != 0:
             return None
         tensors = engine_tensors(state, self.cfg.model.dtype)
-        self.sync_transport = CollectiveTransport(host, port, 0, world_size, self.cfg.learner.backend)
+        self.sync_transport = CollectiveTransport(self.sync_store, 0, world_size, self.cfg.learner.backend)
         self.sync_metadata = CollectiveTransport.metadata(tensors)
         return self.sync_metadata
 

@@ -37,6 +37,13 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
+def hf_logprobs(folder: str, sequence: list[int]) -> list[float]:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([sequence])
+    with torch.no_grad():
+        return model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+
+
 @pytest.mark.parametrize("weight_sync", ["file", "collective"])
 def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_sync):
     """Both paths: the /dev/shm file, and the broadcast over a gloo group of learner rank 0 + the engine."""
@@ -92,22 +99,11 @@ def test_sync_makes_the_engine_score_like_the_learner(runtime, tmp_path, weight_
         # A checkpoint is an HF model directory: transformers loads it and scores the same.
         ckpt = tmp_path / "ckpt"
         group.save_checkpoint(str(ckpt))
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt / POLICY_DIR), dtype=torch.float32)
-        ids = torch.tensor([sequence])
-        with torch.no_grad():
-            hf = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
-        assert max_diff(hf.tolist(), learner_after[1:]) < 1e-4
+        assert max_diff(hf_logprobs(str(ckpt / POLICY_DIR), sequence), learner_after[1:]) < 1e-4
         assert AutoTokenizer.from_pretrained(str(ckpt / POLICY_DIR)).encode("What is 2+2?") == \
             tokenizer.encode("What is 2+2?")
     finally:
         group.shutdown()
-
-
-def hf_logprobs(folder: str, sequence: list[int]) -> list[float]:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    ids = torch.tensor([sequence])
-    with torch.no_grad():
-        return model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
 
 
 def test_a_saved_checkpoint_loads_into_the_running_engines_and_scores_as_transformers(runtime, tmp_path):

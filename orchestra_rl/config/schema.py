@@ -262,6 +262,7 @@ class RewardConfig:
     latency_weight: float = 0.0  # P_lat
     tool_weights: dict[str, float] = field(default_factory=dict)  # P_t per tool name (+ more use, − less)
     use_task_preference: bool = True  # a task's own preference vector overrides these weights key by key
+    policy_tokens_in_cost: bool = True  # False: C leaves out the orchestrator's own tokens (evaluation keeps them)
     lambda_cost: float = 0.0  # absolute mode: $ → reward
     lambda_latency: float = 0.0  # absolute mode: s → reward
     # Optional LLM judge (an OpenAI-compatible endpoint) for outcome; its own cost is added to the trajectory's.

@@ -33,9 +33,11 @@ MIN_CORRECT_MULTIPLIER = 0.1
 PREFERENCE_AXES = ("cost", "latency")  # preference keys that are not tool names
 
 
-def trajectory_cost(t: Trajectory) -> float:
-    """C_i: every tool/expert call, the orchestrator's own tokens, and the LLM judge that graded it, if any."""
-    return t.cost_usd + t.reward_components.get("judge_cost_usd", 0.0)
+def trajectory_cost(t: Trajectory, policy_tokens: bool = True) -> float:
+    """C_i: every tool/expert call, the orchestrator's own tokens (unless policy_tokens is False), and the LLM
+    judge that graded it, if any."""
+    own = t.cost_usd if policy_tokens else t.tool_cost_usd
+    return own + t.reward_components.get("judge_cost_usd", 0.0)
 
 
 def preference_weights(cfg: RewardConfig, task: Task, tool_names: Sequence[str]) -> dict[str, float]:
@@ -101,7 +103,7 @@ def mix_group(group: Sequence[Trajectory], outcomes: Sequence[float], task: Task
     on the inputs, such as judge_cost_usd, are kept)."""
     if len(group) != len(outcomes):
         raise ValueError(f"task {task.task_id!r}: {len(group)} trajectories but {len(outcomes)} outcomes")
-    costs = [trajectory_cost(t) for t in group]
+    costs = [trajectory_cost(t, cfg.policy_tokens_in_cost) for t in group]
     latencies = [t.latency_s for t in group]
     if cfg.mode == "group":
         rows = group_rewards(outcomes, costs, latencies, [t.tool_counts() for t in group],

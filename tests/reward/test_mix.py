@@ -204,3 +204,23 @@ def test_unknown_tool_in_task_preference_is_named(task):
     with pytest.raises(ValueError, match=r"task 'q7': unknown tool 'huge_model' in preference; known: cost, "
                                          r"latency, python, search, large_generalist, answer"):
         preference_weights(RewardConfig(), task("q7", preference={"huge_model": -1.0}), TOOLS)
+
+
+def test_policy_tokens_out_of_cost_leaves_same_tools_tied(trajectory, task):
+    # Two rollouts calling the same search; one wrote more tokens. Priced, the shorter takes the whole cost term;
+    # unpriced, they tie and the term drops out. A rollout with a dearer tool still pays for it.
+    short = trajectory(calls=[("search", .00001, 1.0), ("answer", 0, 0)], policy_cost=.000002)
+    long = trajectory(calls=[("search", .00001, 1.0), ("answer", 0, 0)], policy_cost=.000005)
+    large = trajectory(calls=[("large_generalist", .001, 1.0), ("answer", 0, 0)], policy_cost=.000002)
+
+    priced = mix_group([short, long], [1.0, 1.0], task(), RewardConfig(cost_weight=3.0), TOOLS)
+    unpriced_cfg = RewardConfig(cost_weight=3.0, policy_tokens_in_cost=False)
+    unpriced = mix_group([short, long], [1.0, 1.0], task(), unpriced_cfg, TOOLS)
+    with_large = mix_group([short, long, large], [1.0, 1.0, 1.0], task(), unpriced_cfg, TOOLS)
+
+    assert [t.reward for t in priced] == [4.0, 1.0]
+    assert [t.reward for t in unpriced] == [1.0, 1.0]
+    assert [t.reward_components["cost_usd"] for t in unpriced] == pytest.approx([.00001, .00001])
+    assert [t.reward for t in with_large] == [4.0, 4.0, 1.0]
+    assert trajectory_cost(long, policy_tokens=False) == pytest.approx(.00001)
+    assert long.cost_usd == pytest.approx(.000015)  # the trajectory (and evaluation) still counts the tokens
